@@ -1,0 +1,664 @@
+"""Channel groups: which filters of a model can be pruned, and what else must follow when one is.
+
+A *channel group* is one index space of channels. Its members are
+
+* the convolutions that **produce** it (one, or several whose outputs meet in a residual add or another
+  elementwise op, or are multiplied together as in squeeze-and-excitation),
+* depthwise convolutions **tied** to it (output channel ``i`` depends on input channel ``i`` only),
+* the per-channel **norm** layers that normalise it,
+* the **consumers** whose input channels (or flattened input features) it feeds: convolutions, and a
+  ``Linear`` after ``flatten``, where every channel owns ``expand`` consecutive features.
+
+Removing channel ``c`` of a group removes row ``c`` of every producer, entry ``c`` of every norm, and the
+matching input slice of every consumer; the network stays well formed. The groups are found by tracing the model
+with :mod:`torch.fx` and propagating the example inputs' shapes through the graph. Whatever the tracer does not
+understand is treated conservatively: the channels that reach it are *excluded* (never pruned), as are the
+network's inputs and outputs, the outputs of ``Linear`` layers, and grouped (non-depthwise) convolutions.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import operator
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Union
+
+import torch
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+from torch.nn import functional as F
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.instancenorm import _InstanceNorm
+from torchvision.ops import stochastic_depth
+
+from ._state import preserved_state
+
+__all__ = ["Role", "Member", "ChannelGroup", "ChannelGroups", "channel_groups", "CONV_TYPES", "as_input_tuple"]
+
+CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_NORM_TYPES = (_BatchNorm, _InstanceNorm)
+
+ExampleInputs = Union[torch.Tensor, Sequence[torch.Tensor]]
+
+
+class Role(enum.Enum):
+    """How a module takes part in a channel group."""
+
+    #: a convolution whose output channels are the group: weight dim 0 and bias are indexed by channel.
+    PRODUCER = "producer"
+    #: a depthwise convolution: weight dim 0 and bias are indexed by channel, and ``groups`` follows the count.
+    TIED = "tied"
+    #: a per-channel norm layer: weight, bias and running statistics are indexed by channel.
+    NORM = "norm"
+    #: a consumer: weight dim 1 (input channels or flattened features) is indexed by channel.
+    CONSUMER = "consumer"
+
+
+@dataclass(frozen=True)
+class Member:
+    """One module's part in a :class:`ChannelGroup`.
+
+    Channel ``c`` of the group is the slice ``offset + c * expand ... offset + (c + 1) * expand - 1`` of the
+    member's dimension :attr:`dim`: ``expand`` is 1 except for a ``Linear`` after ``flatten``, where it is the
+    number of spatial positions per channel, and ``offset`` is non-zero where the group is one slice of a concat.
+    """
+
+    name: str
+    module: nn.Module = field(compare=False, repr=False)
+    role: Role
+    offset: int = 0
+    expand: int = 1
+
+    @property
+    def dim(self) -> int:
+        """The dimension of ``module.weight`` that the group's channels index."""
+        return 1 if self.role is Role.CONSUMER else 0
+
+    def indices(self, channels: torch.Tensor) -> torch.Tensor:
+        """Map group channel indices to indices along :attr:`dim` of this member's tensors.
+
+        Args:
+            channels (torch.Tensor): 1-D integer tensor of channel indices of the group.
+
+        Returns:
+            A 1-D ``long`` tensor, ``expand`` entries per channel, in channel order.
+        """
+        channels = channels.to(torch.long).reshape(-1)
+        start = self.offset + channels * self.expand
+        return (start[:, None] + torch.arange(self.expand, device=channels.device)).reshape(-1)
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    """One prunable index space of channels and every module that shares it.
+
+    Attributes:
+        size (int): number of channels.
+        members (tuple of Member): producers first, in graph order, then tied convs, norms and consumers.
+    """
+
+    size: int
+    members: tuple[Member, ...]
+
+    @property
+    def name(self) -> str:
+        """The first producer's name, with the number of coupled producers when there are several."""
+        producers = self.producers
+        extra = f" (+{len(producers) - 1} coupled)" if len(producers) > 1 else ""
+        return producers[0].name + extra
+
+    def _with(self, role: Role) -> tuple[Member, ...]:
+        return tuple(m for m in self.members if m.role is role)
+
+    @property
+    def producers(self) -> tuple[Member, ...]:
+        return self._with(Role.PRODUCER)
+
+    @property
+    def tied(self) -> tuple[Member, ...]:
+        return self._with(Role.TIED)
+
+    @property
+    def norms(self) -> tuple[Member, ...]:
+        return self._with(Role.NORM)
+
+    @property
+    def consumers(self) -> tuple[Member, ...]:
+        return self._with(Role.CONSUMER)
+
+    @property
+    def filters(self) -> tuple[Member, ...]:
+        """Members whose weight dim 0 holds one filter per channel: producers and tied depthwise convs."""
+        return tuple(m for m in self.members if m.role in (Role.PRODUCER, Role.TIED))
+
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{len(self._with(r))} {r.value}" for r in Role if self._with(r))
+        return f"ChannelGroup({self.name!r}, size={self.size}, {counts})"
+
+
+class ChannelGroups(Sequence[ChannelGroup]):
+    """The prunable channel groups of a model, in graph order, and the convolutions that are excluded.
+
+    Attributes:
+        excluded (dict[str, str]): name of every convolution whose output channels cannot be pruned, with the
+            reason (for example ``"reaches the network output"`` or ``"feeds grouped convolution 'conv2'"``).
+    """
+
+    def __init__(self, groups: Iterable[ChannelGroup], excluded: dict[str, str]) -> None:
+        self._groups = tuple(groups)
+        self.excluded = dict(excluded)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        return self._groups[index]
+
+    def __len__(self) -> int:
+        return len(self._groups)
+
+    def __iter__(self) -> Iterator[ChannelGroup]:
+        return iter(self._groups)
+
+    def __repr__(self) -> str:
+        lines = [f"ChannelGroups({len(self)} groups, {sum(g.size for g in self)} channels"]
+        lines += [f"  {g!r}" for g in self]
+        lines += [f"  excluded {name!r}: {why}" for name, why in self.excluded.items()]
+        return "\n".join(lines) + "\n)"
+
+    def group_of(self, module: nn.Module) -> ChannelGroup | None:
+        """The group whose filters (producer or tied rows) include ``module``'s output channels, if any."""
+        for group in self:
+            if any(m.module is module for m in group.filters):
+                return group
+        return None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Tracing
+# --------------------------------------------------------------------------------------------------------------
+
+
+class _Segment(NamedTuple):
+    """A run of channels along a tensor's dim 1: ``channels`` channels of ``space``, ``expand`` entries each."""
+
+    space: int
+    channels: int
+    expand: int = 1
+
+
+_Layout = tuple[_Segment, ...]
+
+
+class _Spaces:
+    """Union-find over channel index spaces, with the members and the exclusion reason of each."""
+
+    def __init__(self) -> None:
+        self.parent: list[int] = []
+        self.size: list[int] = []
+        self.why_fixed: list[str | None] = []
+        self.members: list[list[tuple[int, Member]]] = []
+
+    def new(self, size: int, fixed: str | None = None) -> int:
+        self.parent.append(len(self.parent))
+        self.size.append(size)
+        self.why_fixed.append(fixed)
+        self.members.append([])
+        return len(self.parent) - 1
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def fix(self, i: int, why: str) -> None:
+        root = self.find(i)
+        if self.why_fixed[root] is None:
+            self.why_fixed[root] = why
+
+    def union(self, a: int, b: int) -> None:
+        a, b = self.find(a), self.find(b)
+        if a == b:
+            return
+        if self.size[a] != self.size[b]:  # cannot happen for shapes that ran; stay safe if it does
+            self.fix(a, "joins a channel space of another size")
+            self.fix(b, "joins a channel space of another size")
+            return
+        self.parent[b] = a
+        self.members[a] += self.members[b]
+        self.why_fixed[a] = self.why_fixed[a] or self.why_fixed[b]
+
+    def add(self, space: int, order: int, member: Member) -> None:
+        self.members[self.find(space)].append((order, member))
+
+
+_PASSTHROUGH_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid, nn.Tanh,
+    nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus, nn.Identity,
+    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Upsample,
+)  # fmt: skip
+
+_PASSTHROUGH_FUNCTIONS = {
+    F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu, F.gelu, F.silu, F.mish, F.hardswish, F.hardsigmoid,
+    F.hardtanh, F.softplus, F.sigmoid, F.tanh, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
+    F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
+    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
+    F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d, F.interpolate,
+    torch.relu, torch.sigmoid, torch.tanh, torch.clone, torch.clamp, torch.abs, torch.neg, operator.neg,
+    stochastic_depth,
+}  # fmt: skip
+
+_PASSTHROUGH_METHODS = {
+    "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "clamp", "clamp_", "clone", "contiguous", "detach",
+    "abs", "neg", "to", "float", "half", "bfloat16", "double", "type_as",
+}  # fmt: skip
+
+_ELEMENTWISE_FUNCTIONS = {
+    operator.add, operator.iadd, operator.sub, operator.isub, operator.mul, operator.imul, operator.truediv,
+    operator.itruediv, torch.add, torch.sub, torch.mul, torch.div, torch.maximum, torch.minimum,
+}  # fmt: skip
+_ELEMENTWISE_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_"}
+_CAT_FUNCTIONS = {torch.cat, torch.concat, torch.concatenate}
+_REDUCE_FUNCTIONS = {torch.mean, torch.sum, torch.amax, torch.amin}
+_REDUCE_METHODS = {"mean", "sum", "amax", "amin"}
+_FLATTEN_FUNCTIONS = {torch.flatten}
+_RESHAPE_METHODS = {"view", "reshape", "flatten"}
+
+
+def _shape(node: Any) -> torch.Size | None:
+    meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
+    shape = getattr(meta, "shape", None)
+    return shape if isinstance(shape, torch.Size) else None
+
+
+def _has_state(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters()) or any(True for _ in module.buffers())
+
+
+def _op_name(node: fx.Node, modules: dict[str, nn.Module]) -> str:
+    if node.op == "call_module":
+        return f"module '{node.target}' ({type(modules[str(node.target)]).__name__})"
+    if node.op == "call_method":
+        return f"method '.{node.target}()'"
+    target = getattr(node.target, "__name__", str(node.target))
+    return f"function '{target}'"
+
+
+class _GroupBuilder:
+    """Walks a shape-propagated graph and assigns every tensor's dim 1 to channel spaces."""
+
+    def __init__(self, gm: fx.GraphModule) -> None:
+        self.gm = gm
+        self.modules = dict(gm.named_modules())
+        self.spaces = _Spaces()
+        self.layouts: dict[fx.Node, _Layout | None] = {}
+        self.producer_space: dict[str, int] = {}
+        calls: dict[str, int] = {}
+        for node in gm.graph.nodes:
+            if node.op == "call_module":
+                calls[str(node.target)] = calls.get(str(node.target), 0) + 1
+        # A stateless module (ReLU, pooling) may be reused freely; a stateful one called twice shares its
+        # channels between two places in the graph, which this tracer does not model.
+        self.shared = {name for name, count in calls.items() if count > 1 and _has_state(self.modules[name])}
+
+    # ---- layouts -------------------------------------------------------------------------------------------
+    def fresh(self, node: fx.Node, why: str) -> _Layout | None:
+        shape = _shape(node)
+        if shape is None or len(shape) < 2:
+            return None
+        return (_Segment(self.spaces.new(shape[1], fixed=why), shape[1]),)
+
+    def fix(self, layout: _Layout | None, why: str) -> None:
+        for seg in layout or ():
+            self.spaces.fix(seg.space, why)
+
+    def input_layouts(self, node: fx.Node) -> list[tuple[fx.Node, _Layout]]:
+        found: list[tuple[fx.Node, _Layout]] = []
+        fx.node.map_arg((node.args, node.kwargs), lambda n: found.append((n, self.layouts.get(n))) or n)
+        return [(n, lay) for n, lay in found if lay is not None]
+
+    def unknown(self, node: fx.Node, why: str | None = None) -> _Layout | None:
+        why = why or f"reaches {_op_name(node, self.modules)}, which the channel tracer does not model"
+        for _, layout in self.input_layouts(node):
+            self.fix(layout, why)
+        return self.fresh(node, why)
+
+    def unify(self, layouts: list[_Layout], why: str) -> _Layout | None:
+        first = layouts[0]
+        for other in layouts[1:]:
+            if [(s.channels, s.expand) for s in other] != [(s.channels, s.expand) for s in first]:
+                for layout in layouts:
+                    self.fix(layout, why)
+                return first
+        for other in layouts[1:]:
+            for a, b in zip(first, other):
+                self.spaces.union(a.space, b.space)
+        return first
+
+    def add_members(self, node: fx.Node, layout: _Layout, name: str, role: Role, scale_offsets: bool) -> None:
+        offset = 0
+        for seg in layout:
+            expand = seg.expand if scale_offsets else 1
+            member = Member(name, self.modules[name], role, offset=offset, expand=expand)
+            self.spaces.add(seg.space, len(self.layouts), member)
+            offset += seg.channels * expand
+
+    # ---- ops -----------------------------------------------------------------------------------------------
+    def single_input(self, node: fx.Node) -> tuple[fx.Node, _Layout] | None:
+        arg = node.args[0] if node.args else None
+        if isinstance(arg, fx.Node) and self.layouts.get(arg) is not None:
+            return arg, self.layouts[arg]  # type: ignore[return-value]
+        return None
+
+    def passthrough(self, node: fx.Node) -> _Layout | None:
+        src = self.single_input(node)
+        out = _shape(node)
+        if src is None:
+            return self.unknown(node)
+        in_shape = _shape(src[0])
+        if out is None or in_shape is None or len(out) != len(in_shape) or out[1] != in_shape[1]:
+            return self.unknown(node)
+        return src[1]
+
+    def elementwise(self, node: fx.Node) -> _Layout | None:
+        out = _shape(node)
+        if out is None or len(out) < 2:
+            return self.unknown(node)
+        why = f"meets another channel layout in {_op_name(node, self.modules)}"
+        joined: list[_Layout] = []
+        for src, layout in self.input_layouts(node):
+            shape = _shape(src)
+            if shape is None:
+                continue
+            if len(shape) == len(out) and shape[1] == out[1]:
+                joined.append(layout)
+            elif len(shape) == len(out) and shape[1] == 1:
+                continue  # broadcast along channels: every channel sees the same value
+            elif len(shape) < len(out) and (len(shape) < len(out) - 1 or shape[0] == 1):
+                continue  # aligned to trailing dims that do not include the channel dim (or broadcast on it)
+            else:
+                return self.unknown(node)
+        if not joined:
+            return self.fresh(node, f"is computed by {_op_name(node, self.modules)} from no traced channels")
+        return self.unify(joined, why)
+
+    def cat(self, node: fx.Node) -> _Layout | None:
+        out = _shape(node)
+        tensors = node.args[0] if node.args else node.kwargs.get("tensors")
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        if out is None or not isinstance(tensors, (list, tuple)) or not isinstance(dim, int):
+            return self.unknown(node)
+        layouts = [self.layouts.get(t) if isinstance(t, fx.Node) else None for t in tensors]
+        if any(layout is None for layout in layouts):
+            return self.unknown(node)
+        if dim % len(out) != 1:
+            return self.unify(layouts, f"meets another channel layout in {_op_name(node, self.modules)}")  # type: ignore[arg-type]
+        return tuple(seg for layout in layouts for seg in layout)  # type: ignore[union-attr]
+
+    def flatten(self, node: fx.Node, start: int, end: int) -> _Layout | None:
+        src = self.single_input(node)
+        in_shape = _shape(src[0]) if src else None
+        if src is None or in_shape is None:
+            return self.unknown(node)
+        start, end = start % len(in_shape), end % len(in_shape)
+        if start >= 2:
+            return src[1]
+        if start == 1 and end == len(in_shape) - 1:
+            spatial = math.prod(in_shape[2:])
+            return tuple(_Segment(s.space, s.channels, s.expand * spatial) for s in src[1])
+        return self.unknown(node)
+
+    def reshape(self, node: fx.Node) -> _Layout | None:
+        src = self.single_input(node)
+        out = _shape(node)
+        in_shape = _shape(src[0]) if src else None
+        if src is None or out is None or in_shape is None or len(in_shape) < 2 or len(out) < 2:
+            return self.unknown(node)
+        if out[:2] == in_shape[:2]:
+            return src[1]
+        if len(out) == 2 and out[0] == in_shape[0] and out[1] == math.prod(in_shape[1:]):
+            return self.flatten(node, 1, -1)
+        return self.unknown(node)
+
+    def reduce(self, node: fx.Node) -> _Layout | None:
+        src = self.single_input(node)
+        out = _shape(node)
+        in_shape = _shape(src[0]) if src else None
+        dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        if src is None or out is None or in_shape is None or dims is None or len(out) < 2:
+            return self.unknown(node)
+        dims = [dims] if isinstance(dims, int) else list(dims)
+        if not all(isinstance(d, int) for d in dims) or any(d % len(in_shape) in (0, 1) for d in dims):
+            return self.unknown(node)
+        return src[1]
+
+    def conv(self, node: fx.Node, name: str, conv: nn.Module) -> _Layout | None:
+        src = self.single_input(node)
+        if src is None or any(seg.expand != 1 for seg in src[1]):
+            return self.unknown(node)
+        layout = src[1]
+        assert isinstance(conv, CONV_TYPES)
+        if conv.groups == 1:
+            self.add_members(node, layout, name, Role.CONSUMER, scale_offsets=False)
+            space = self.spaces.new(conv.out_channels)
+            self.spaces.add(space, len(self.layouts), Member(name, conv, Role.PRODUCER))
+            return (_Segment(space, conv.out_channels),)
+        if conv.groups == conv.in_channels == conv.out_channels:
+            self.add_members(node, layout, name, Role.TIED, scale_offsets=False)
+            return layout
+        for seg in layout:
+            self.spaces.fix(seg.space, f"feeds grouped convolution '{name}' (groups={conv.groups})")
+        return self.fresh(node, f"is the output of grouped convolution '{name}' (groups={conv.groups})")
+
+    def linear(self, node: fx.Node, name: str) -> _Layout | None:
+        src = self.single_input(node)
+        in_shape = _shape(src[0]) if src else None
+        if src is None or in_shape is None or len(in_shape) != 2:
+            return self.unknown(node)
+        self.add_members(node, src[1], name, Role.CONSUMER, scale_offsets=True)
+        return self.fresh(node, f"is the output of Linear '{name}'")
+
+    def call_module(self, node: fx.Node) -> _Layout | None:
+        name = str(node.target)
+        module = self.modules[name]
+        if name in self.shared:
+            return self.unknown(node, f"passes through module '{name}', which is called more than once")
+        if isinstance(module, CONV_TYPES):
+            return self.conv(node, name, module)
+        if isinstance(module, _NORM_TYPES):
+            src = self.single_input(node)
+            if src is None:
+                return self.unknown(node)
+            self.add_members(node, src[1], name, Role.NORM, scale_offsets=True)
+            return src[1]
+        if isinstance(module, nn.Linear):
+            return self.linear(node, name)
+        if isinstance(module, nn.Flatten):
+            return self.flatten(node, module.start_dim, module.end_dim)
+        if isinstance(module, nn.PReLU) and module.num_parameters == 1 or isinstance(module, _PASSTHROUGH_MODULES):
+            return self.passthrough(node)
+        return self.unknown(node)
+
+    def call_function(self, node: fx.Node) -> _Layout | None:
+        target = node.target
+        if target in _PASSTHROUGH_FUNCTIONS:
+            return self.passthrough(node)
+        if target in _ELEMENTWISE_FUNCTIONS:
+            return self.elementwise(node)
+        if target in _CAT_FUNCTIONS:
+            return self.cat(node)
+        if target in _REDUCE_FUNCTIONS:
+            return self.reduce(node)
+        if target in _FLATTEN_FUNCTIONS:
+            start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
+            end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
+            return self.flatten(node, start, end)
+        if target is getattr and _shape(node) is None:
+            return None
+        return self.unknown(node)
+
+    def call_method(self, node: fx.Node) -> _Layout | None:
+        method = str(node.target)
+        if method in _PASSTHROUGH_METHODS:
+            return self.passthrough(node)
+        if method in _ELEMENTWISE_METHODS:
+            return self.elementwise(node)
+        if method in _REDUCE_METHODS:
+            return self.reduce(node)
+        if method in _RESHAPE_METHODS:
+            return self.reshape(node)
+        if method in ("size", "dim") or _shape(node) is None and not self.input_layouts(node):
+            return None
+        return self.unknown(node)
+
+    def run(self) -> ChannelGroups:
+        for node in self.gm.graph.nodes:
+            if node.op == "placeholder":
+                layout = self.fresh(node, "is a network input")
+            elif node.op == "get_attr":
+                layout = self.fresh(node, f"meets the stored tensor '{node.target}'")
+            elif node.op == "output":
+                for _, out_layout in self.input_layouts(node):
+                    self.fix(out_layout, "reaches the network output")
+                layout = None
+            else:
+                layout = getattr(self, node.op)(node)
+            self.layouts[node] = layout
+        return self.collect()
+
+    def collect(self) -> ChannelGroups:
+        spaces = self.spaces
+        roots = sorted({spaces.find(i) for i in range(len(spaces.parent))})
+        rank = {Role.PRODUCER: 0, Role.TIED: 1, Role.NORM: 2, Role.CONSUMER: 3}
+        groups: list[tuple[int, ChannelGroup]] = []
+        excluded: dict[str, str] = {}
+        for root in roots:
+            members = spaces.members[root]
+            producers = [m for _, m in members if m.role is Role.PRODUCER]
+            if not producers:
+                continue
+            if spaces.why_fixed[root] is not None:
+                for m in producers:
+                    excluded[m.name] = spaces.why_fixed[root]  # type: ignore[assignment]
+                continue
+            ordered = sorted(members, key=lambda om: (rank[om[1].role], om[0]))
+            first = min(order for order, m in members if m.role is Role.PRODUCER)
+            groups.append((first, ChannelGroup(spaces.size[root], tuple(m for _, m in ordered))))
+        groups.sort(key=lambda og: og[0])
+        return ChannelGroups((g for _, g in groups), excluded)
+
+
+class _Tracer(fx.Tracer):
+    """A tracer that remembers which module it was inside when tracing failed."""
+
+    def __init__(self, leaf_modules: Sequence[str | type]) -> None:
+        super().__init__()
+        self.leaf_names = {m for m in leaf_modules if isinstance(m, str)}
+        self.leaf_types = tuple(m for m in leaf_modules if isinstance(m, type))
+        self.stack: list[str] = []
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if module_qualified_name in self.leaf_names or (self.leaf_types and isinstance(m, self.leaf_types)):
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
+
+    def call_module(self, m, forward, args, kwargs):  # type: ignore[no-untyped-def]
+        self.stack.append(self.path_of_module(m))
+        result = super().call_module(m, forward, args, kwargs)
+        self.stack.pop()
+        return result
+
+
+def as_input_tuple(example_inputs: Any, caller: str) -> tuple[torch.Tensor, ...]:
+    """Normalise ``example_inputs`` (a tensor or a sequence of tensors) to a tuple, or raise ``TypeError``."""
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    if isinstance(example_inputs, (tuple, list)) and example_inputs and all(
+        isinstance(t, torch.Tensor) for t in example_inputs
+    ):
+        return tuple(example_inputs)
+    raise TypeError(
+        f"{caller}: example_inputs must be a tensor or a tuple of tensors that the model accepts, "
+        f"e.g. torch.randn(1, 3, 32, 32); got {type(example_inputs).__name__}."
+    )
+
+
+def trace(
+    model: nn.Module, example_inputs: ExampleInputs, leaf_modules: Sequence[str | type] = (), caller: str = "trace"
+) -> fx.GraphModule:
+    """Trace ``model`` with :mod:`torch.fx` and annotate every node with the shape it produces.
+
+    The model runs once on ``example_inputs`` in eval mode with gradients off; its modes, batch-norm statistics
+    and the RNG are left as they were.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{caller}: model must be a torch.nn.Module, got {type(model).__name__}.")
+    inputs = as_input_tuple(example_inputs, caller)
+    tracer = _Tracer(leaf_modules)
+    with preserved_state(model, "eval"):
+        try:
+            graph = tracer.trace(model)
+        except Exception as exc:
+            where = f"inside module '{tracer.stack[-1]}'" if tracer.stack and tracer.stack[-1] else "in its forward"
+            hint = (
+                f"pass leaf_modules=['{tracer.stack[-1]}'] to treat that module as opaque (its channels are then "
+                "not pruned)"
+                if tracer.stack and tracer.stack[-1]
+                else "make the model's forward traceable"
+            )
+            raise ValueError(
+                f"{caller}: torch.fx could not trace {type(model).__name__} ({type(exc).__name__} {where}: {exc}). "
+                f"To proceed, {hint}, or pass the channel groups explicitly."
+            ) from exc
+        gm = fx.GraphModule(model, graph)
+        try:
+            with torch.no_grad():
+                ShapeProp(gm).propagate(*inputs)
+        except Exception as exc:
+            shapes = ", ".join(str(tuple(t.shape)) for t in inputs)
+            raise ValueError(
+                f"{caller}: the model does not run on example_inputs of shape {shapes} "
+                f"({type(exc).__name__}: {exc}). Pass inputs the model accepts, on the model's device."
+            ) from exc
+    return gm
+
+
+def channel_groups(
+    model: nn.Module, example_inputs: ExampleInputs, leaf_modules: Sequence[str | type] = ()
+) -> ChannelGroups:
+    r"""Find the prunable channel groups of ``model``.
+
+    The model is traced with :mod:`torch.fx` and run once on ``example_inputs`` (in eval mode, without gradients;
+    its state is left untouched) to learn every tensor's shape. Conv1d, Conv2d and Conv3d layers are understood,
+    along with batch and instance norms, ``Linear`` after ``flatten``, concatenation along channels, residual adds
+    and other elementwise ops, channel-preserving activations, pooling, dropout and reductions over spatial dims.
+    Anything else is opaque: the channels that reach it are excluded, and :attr:`ChannelGroups.excluded` says why.
+
+    Args:
+        model (torch.nn.Module): the model.
+        example_inputs (torch.Tensor or tuple of torch.Tensor): inputs the model accepts (batch size 1 is enough).
+        leaf_modules (sequence of str or type): submodules (by qualified name or type) not to trace into, for
+            models whose forward torch.fx cannot trace; their channels are excluded from pruning.
+
+    Returns:
+        :class:`ChannelGroups`: the groups in graph order.
+
+    Raises:
+        TypeError: ``model`` is not a module or ``example_inputs`` not tensors.
+        ValueError: torch.fx cannot trace the model (the message names the module and how to proceed), or the
+            model does not run on ``example_inputs``.
+
+    Example:
+        >>> import torch
+        >>> import torch_rlprune as rlp
+        >>> groups = rlp.channel_groups(rlp.models.BasicCNN(), torch.randn(1, 3, 32, 32))
+        >>> [(g.name, g.size) for g in groups]
+        [('features.0', 64), ('features.4', 128), ('features.8', 256), ('features.12', 512)]
+        >>> groups[3].consumers[0].name, groups[3].consumers[0].expand
+        ('fc', 16)
+    """
+    gm = trace(model, example_inputs, leaf_modules, caller="channel_groups")
+    return _GroupBuilder(gm).run()
