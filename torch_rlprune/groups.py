@@ -449,9 +449,15 @@ class _GroupBuilder:
         if conv.groups == conv.in_channels == conv.out_channels:
             self.add_members(node, layout, name, Role.TIED, scale_offsets=False)
             return layout
-        for seg in layout:
-            self.spaces.fix(seg.space, f"feeds grouped convolution '{name}' (groups={conv.groups})")
-        return self.fresh(node, f"is the output of grouped convolution '{name}' (groups={conv.groups})")
+        self.fix(layout, f"feeds grouped convolution '{name}' (groups={conv.groups})")
+        return self.opaque_conv(node, name, f"is the output of grouped convolution '{name}' (groups={conv.groups})")
+
+    def opaque_conv(self, node: fx.Node, name: str, why: str) -> _Layout | None:
+        """A conv whose filters cannot be pruned: its output is a fixed space it is listed as producing."""
+        layout = self.fresh(node, why)
+        if layout is not None:
+            self.spaces.add(layout[0].space, len(self.layouts), Member(name, self.modules[name], Role.PRODUCER))
+        return layout
 
     def linear(self, node: fx.Node, name: str) -> _Layout | None:
         src = self.single_input(node)
@@ -465,7 +471,10 @@ class _GroupBuilder:
         name = str(node.target)
         module = self.modules[name]
         if name in self.shared:
-            return self.unknown(node, f"passes through module '{name}', which is called more than once")
+            why = f"passes through module '{name}', which is called more than once"
+            for _, layout in self.input_layouts(node):
+                self.fix(layout, why)
+            return self.opaque_conv(node, name, why) if isinstance(module, CONV_TYPES) else self.fresh(node, why)
         if isinstance(module, CONV_TYPES):
             return self.conv(node, name, module)
         if isinstance(module, _NORM_TYPES):

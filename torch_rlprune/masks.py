@@ -1,0 +1,97 @@
+"""Channel masks as ordinary :mod:`torch.nn.utils.prune` masks.
+
+Pruning channel ``c`` of a group masks row ``c`` of every filter member's weight (producers and tied depthwise
+convs) and bias, and entry ``c`` of every norm's weight and bias, through :func:`prune.custom_from_mask`. The
+pruned channel is then exactly zero wherever the group's tensor flows, so consumers need no mask of their own.
+Masks compose with earlier ones the way :class:`prune.PruningContainer` composes them: by multiplication.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+from .groups import ChannelGroup, Member, Role
+
+__all__ = ["effective_weight", "alive_channels", "apply_channel_masks", "masked_tensors"]
+
+
+def effective_weight(module: nn.Module, name: str = "weight") -> torch.Tensor:
+    """The tensor ``module`` currently computes with under ``name``: ``<name>_orig * <name>_mask`` when pruned.
+
+    Unlike ``getattr(module, name)``, which a pruning hook refreshes only at the next forward pass, this reflects
+    changes made to ``<name>_orig`` since (for example by an optimizer step).
+
+    Args:
+        module (torch.nn.Module): the module.
+        name (str): the parameter name, e.g. ``"weight"``.
+
+    Returns:
+        The effective tensor (attached to autograd as the parameter is).
+    """
+    mask = getattr(module, name + "_mask", None)
+    if mask is None:
+        return getattr(module, name)
+    return getattr(module, name + "_orig") * mask
+
+
+def masked_tensors(member: Member) -> tuple[str, ...]:
+    """Names of the ``member``'s tensors that a channel mask covers (``weight`` and ``bias`` where present)."""
+    if member.role is Role.CONSUMER:
+        return ()
+    return tuple(
+        n for n in ("weight", "bias") if getattr(member.module, n + "_orig", getattr(member.module, n, None)) is not None
+    )
+
+
+def _rows_alive(mask: torch.Tensor, member: Member, size: int) -> torch.Tensor:
+    idx = member.indices(torch.arange(size, device=mask.device))
+    return mask.movedim(member.dim, 0)[idx].reshape(size, -1).ne(0).any(dim=1)
+
+
+def alive_channels(group: ChannelGroup) -> torch.Tensor:
+    """Which channels of ``group`` are not yet pruned.
+
+    A channel counts as pruned as soon as one masked member (a producer or tied conv's weight, a norm's weight)
+    has it fully masked; a group whose members disagree is thus read the strict way.
+
+    Args:
+        group (ChannelGroup): the group.
+
+    Returns:
+        A boolean tensor of length ``group.size``.
+    """
+    alive = torch.ones(group.size, dtype=torch.bool)
+    for member in group.members:
+        if member.role is Role.CONSUMER:
+            continue
+        mask = getattr(member.module, "weight_mask", None)
+        if mask is not None:
+            alive &= _rows_alive(mask, member, group.size).cpu()
+    return alive
+
+
+def apply_channel_masks(groups: Sequence[ChannelGroup], keep: Sequence[torch.Tensor]) -> None:
+    """Mask the channels that ``keep`` marks ``False`` in every member of each group.
+
+    Every producer and tied conv gets ``weight_mask`` (dim 0) and ``bias_mask``, every norm ``weight_mask`` and
+    ``bias_mask``, applied with :func:`torch.nn.utils.prune.custom_from_mask` so that ``prune.is_pruned`` and
+    ``prune.remove`` work as for any pruning method, and so that masks compose with earlier ones.
+
+    Args:
+        groups (sequence of ChannelGroup): the groups to mask.
+        keep (sequence of torch.Tensor): one boolean tensor of length ``group.size`` per group.
+    """
+    for group, kept in zip(groups, keep):
+        if kept.shape != (group.size,):
+            raise ValueError(f"keep mask for group {group.name!r} has shape {tuple(kept.shape)}, need ({group.size},)")
+        for member in group.members:
+            for tensor_name in masked_tensors(member):
+                param = getattr(member.module, tensor_name)
+                pruned = (~kept).nonzero().reshape(-1).to(param.device)
+                mask = torch.ones_like(param)
+                mask.index_fill_(member.dim, member.indices(pruned), 0)
+                prune.custom_from_mask(member.module, tensor_name, mask=mask)
