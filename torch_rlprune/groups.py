@@ -546,12 +546,12 @@ class _GroupBuilder:
         excluded: dict[str, str] = {}
         for root in roots:
             members = spaces.members[root]
-            producers = [m for _, m in members if m.role is Role.PRODUCER]
-            if not producers:
+            if not any(m.role is Role.PRODUCER for _, m in members):
                 continue
             if spaces.why_fixed[root] is not None:
-                for m in producers:
-                    excluded[m.name] = spaces.why_fixed[root]  # type: ignore[assignment]
+                for _, m in members:
+                    if m.role in (Role.PRODUCER, Role.TIED):
+                        excluded[m.name] = spaces.why_fixed[root]  # type: ignore[assignment]
                 continue
             ordered = sorted(members, key=lambda om: (rank[om[1].role], om[0]))
             first = min(order for order, m in members if m.role is Role.PRODUCER)
