@@ -1,7 +1,26 @@
-"""torch-rlprune: structured pruning in the style of :mod:`torch.nn.utils.prune`."""
+"""torch-rlprune: structured pruning in the style of :mod:`torch.nn.utils.prune`.
 
-from . import models
+The data flows one way: a model is traced into channel groups (:func:`channel_groups`), filters are scored
+(:mod:`torch_rlprune.criteria`) and selected (:func:`global_structured`), and the selection becomes ordinary
+``torch.nn.utils.prune`` masks (:mod:`torch_rlprune.masks`) that :mod:`torch_rlprune.metrics` counts.
+"""
+
+from . import metrics, models
 from .groups import ChannelGroup, ChannelGroups, Member, Role, channel_groups
+from .masks import alive_channels, apply_channel_masks, effective_weight
 
-__all__ = ["models", "ChannelGroup", "ChannelGroups", "Member", "Role", "channel_groups"]
+__all__ = [
+    "criteria",
+    "metrics",
+    "models",
+    "ChannelGroup",
+    "ChannelGroups",
+    "Member",
+    "Role",
+    "channel_groups",
+    "alive_channels",
+    "apply_channel_masks",
+    "effective_weight",
+    "global_structured",
+]
 __version__ = "0.1.0.dev0"
