@@ -96,9 +96,9 @@ def select_channels(
     keep = [a.clone() for a in alive]
     for g, (s, a, k) in enumerate(zip(scores, alive, min_keep)):
         idx = a.nonzero().reshape(-1)
-        order = torch.sort(s[idx].float().cpu(), descending=True, stable=True).indices
+        order = torch.sort(s[idx].double().cpu(), descending=True, stable=True).indices
         free = idx[order[min(k, idx.numel()) :]]
-        candidates_score.append(s[free].float().cpu())
+        candidates_score.append(s[free].double().cpu())
         candidates_at.append((g, free))
     total_free = sum(c.numel() for c in candidates_score)
     if n_prune > total_free:
