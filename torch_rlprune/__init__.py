@@ -5,9 +5,10 @@ The data flows one way: a model is traced into channel groups (:func:`channel_gr
 ``torch.nn.utils.prune`` masks (:mod:`torch_rlprune.masks`) that :mod:`torch_rlprune.metrics` counts.
 """
 
-from . import metrics, models
+from . import criteria, metrics, models
 from .groups import ChannelGroup, ChannelGroups, Member, Role, channel_groups
 from .masks import alive_channels, apply_channel_masks, effective_weight
+from .methods import global_structured
 
 __all__ = [
     "criteria",
