@@ -22,7 +22,7 @@ def pruned_pair(method, **kwargs):
     return models
 
 
-@pytest.mark.parametrize("method, kwargs", [(prune.LnStructured, {"n": 1}), ("synflow", {}), ("bn_scale", {})])
+@pytest.mark.parametrize("method, kwargs", [(prune.LnStructured, {"n": 1}), ("synflow", {}), ("l2", {})])
 def test_masks_live_on_the_device_and_match_the_cpu(method, kwargs):
     (cpu, x_cpu), (gpu, x_gpu) = pruned_pair(method, **kwargs)
     assert prune.is_pruned(gpu)
