@@ -10,13 +10,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from torch.nn.modules.batchnorm import _NormBase
+
 import torch
 from torch import nn
 from torch.nn.utils import prune
 
 from .groups import ChannelGroup, Member, Role
 
-__all__ = ["effective_weight", "alive_channels", "apply_channel_masks", "masked_tensors"]
+__all__ = ["effective_weight", "alive_channels", "apply_channel_masks", "masked_tensors", "keep_vectors", "KeepVectors"]
+
+#: For each (module, dim) that a channel group indexes, which entries along that dim survive.
+KeepVectors = dict[tuple[nn.Module, int], torch.Tensor]
 
 
 def effective_weight(module: nn.Module, name: str = "weight") -> torch.Tensor:
@@ -95,3 +100,47 @@ def apply_channel_masks(groups: Sequence[ChannelGroup], keep: Sequence[torch.Ten
                 mask = torch.ones_like(param)
                 mask.index_fill_(member.dim, member.indices(pruned), 0)
                 prune.custom_from_mask(member.module, tensor_name, mask=mask)
+
+
+def _dim_size(module: nn.Module, dim: int) -> int:
+    weight = getattr(module, "weight_orig", getattr(module, "weight", None))
+    if weight is None and isinstance(module, _NormBase):  # a norm without affine parameters still has channels
+        return int(module.num_features)
+    return int(weight.shape[dim])
+
+
+def keep_vectors(groups: Sequence[ChannelGroup], keep: Sequence[torch.Tensor] | None = None) -> KeepVectors:
+    """Which entries of every member's channel dimension survive when the groups' channels are cut to ``keep``.
+
+    A module may index several groups along one dim (a conv reading a concat, a ``Linear`` after ``flatten``), so
+    the vectors are accumulated per ``(module, dim)`` over all groups.
+
+    Args:
+        groups (sequence of ChannelGroup): the groups.
+        keep (sequence of torch.Tensor, optional): one boolean keep mask per group; default: each group's
+            :func:`alive_channels`.
+
+    Returns:
+        dict mapping ``(module, dim)`` to a boolean tensor as long as that dim (``dim`` 0 for producers, tied
+        convs and norms, 1 for consumers).
+
+    Example:
+        >>> import torch
+        >>> import torch_rlprune as rlp
+        >>> model = rlp.models.BasicCNN()
+        >>> groups = rlp.channel_groups(model, torch.randn(1, 3, 32, 32))
+        >>> kept = keep_vectors(groups[3:], [torch.arange(512) < 100])
+        >>> int(kept[(model.features[12], 0)].sum()), int(kept[(model.fc, 1)].sum())
+        (100, 1600)
+    """
+    if keep is None:
+        keep = [alive_channels(g) for g in groups]
+    vectors: KeepVectors = {}
+    for group, kept in zip(groups, keep):
+        pruned = (~kept.cpu()).nonzero().reshape(-1)
+        for member in group.members:
+            key = (member.module, member.dim)
+            if key not in vectors:
+                vectors[key] = torch.ones(_dim_size(member.module, member.dim), dtype=torch.bool)
+            vectors[key][member.indices(pruned)] = False
+    return vectors

@@ -32,15 +32,13 @@ from torch.nn.modules.instancenorm import _InstanceNorm
 
 from ._state import preserved_state
 from .groups import CONV_TYPES, ChannelGroup, ExampleInputs, as_input_tuple, channel_groups
-from .masks import alive_channels
+from .masks import KeepVectors, keep_vectors
 
 __all__ = ["LayerStats", "ModelStats", "model_stats", "count_params", "count_macs", "filters_per_layer"]
 
 _CHANNEL_NORM_TYPES = (_BatchNorm, _InstanceNorm, nn.GroupNorm)
 _MAC_TYPES = (*CONV_TYPES, nn.Linear, *_CHANNEL_NORM_TYPES, nn.LayerNorm)
 
-# Keep vectors: for each (module, dim) that a channel group indexes, which entries along that dim survive.
-_Keep = dict[tuple[nn.Module, int], torch.Tensor]
 
 
 @dataclass
@@ -204,12 +202,6 @@ def _tensor(module: nn.Module, name: str) -> torch.Tensor | None:
     return orig if isinstance(orig, torch.Tensor) else getattr(module, name, None)
 
 
-def _dim_size(module: nn.Module, dim: int) -> int:
-    weight = _tensor(module, "weight")
-    # A norm without affine parameters still has channels to prune (they cost MACs).
-    return int(weight.shape[dim]) if weight is not None else int(module.num_features)
-
-
 def _groups_of(
     model: nn.Module, example_inputs: ExampleInputs | None, groups: Sequence[ChannelGroup] | None, caller: str
 ) -> Sequence[ChannelGroup]:
@@ -226,27 +218,21 @@ def _groups_of(
     return channel_groups(model, example_inputs)
 
 
-def _keep_vectors(model: nn.Module, groups: Sequence[ChannelGroup], caller: str) -> _Keep:
+def _keep_vectors(model: nn.Module, groups: Sequence[ChannelGroup], caller: str) -> KeepVectors:
     in_model = set(model.modules())
-    keep: _Keep = {}
     for group in groups:
         if not isinstance(group, ChannelGroup):
             raise TypeError(f"{caller}: groups must hold ChannelGroup objects, got {type(group).__name__}.")
-        pruned = (~alive_channels(group)).nonzero().reshape(-1)
         for member in group.members:
             if member.module not in in_model:
                 raise ValueError(
                     f"{caller}: group {group.name!r} names module {member.name!r}, which is not part of this model; "
                     "pass the groups of this very model (channel_groups(model, example_inputs))."
                 )
-            key = (member.module, member.dim)
-            if key not in keep:
-                keep[key] = torch.ones(_dim_size(member.module, member.dim), dtype=torch.bool)
-            keep[key][member.indices(pruned)] = False
-    return keep
+    return keep_vectors(groups)
 
 
-def _kept_entries(module: nn.Module, shape: torch.Size, keep: _Keep) -> int:
+def _kept_entries(module: nn.Module, shape: torch.Size, keep: KeepVectors) -> int:
     """Entries of a tensor of ``shape`` owned by ``module`` that survive removal along every kept dim."""
     return math.prod(
         int(keep[module, dim].sum()) if (module, dim) in keep else size for dim, size in enumerate(shape)
@@ -310,7 +296,7 @@ def _own_params(model: nn.Module) -> Iterator[tuple[str, nn.Module, list[tuple[s
 
 
 def _layer_stats(
-    model: nn.Module, keep: _Keep, positions: dict[nn.Module, int] | None, batch_size: int
+    model: nn.Module, keep: KeepVectors, positions: dict[nn.Module, int] | None, batch_size: int
 ) -> list[LayerStats]:
     layers = []
     for name, module, params in _own_params(model):
