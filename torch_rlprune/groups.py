@@ -546,8 +546,6 @@ class _GroupBuilder:
         excluded: dict[str, str] = {}
         for root in roots:
             members = spaces.members[root]
-            if not any(m.role is Role.PRODUCER for _, m in members):
-                continue
             if spaces.why_fixed[root] is not None:
                 for _, m in members:
                     if m.role in (Role.PRODUCER, Role.TIED):
