@@ -9,6 +9,7 @@ from . import criteria, metrics, models
 from .groups import ChannelGroup, ChannelGroups, Member, Role, channel_groups
 from .masks import alive_channels, apply_channel_masks, effective_weight
 from .methods import global_structured
+from .slicing import slim
 
 __all__ = [
     "criteria",
@@ -23,5 +24,6 @@ __all__ = [
     "apply_channel_masks",
     "effective_weight",
     "global_structured",
+    "slim",
 ]
 __version__ = "0.1.0.dev0"

@@ -1,0 +1,418 @@
+"""Physically removing pruned channels: from a masked model to a smaller dense one.
+
+The channel groups say which tensors a channel touches; the masks say which channels are gone. Slicing keeps,
+for every ``(module, dim)`` that a group indexes, the entries of the surviving channels: producer and tied conv
+rows and biases, norm weights, biases and running statistics, and consumer input columns (``expand`` features
+per channel after ``flatten``). The attributes that carry a channel count (``out_channels``, ``in_channels``,
+``groups`` of a depthwise conv, ``num_features``, ``in_features``) follow.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _NormBase
+from torch.nn.utils import prune
+from torch.utils._pytree import tree_flatten
+
+from ._state import preserved_state
+from .groups import CONV_TYPES, ChannelGroup, ChannelGroups, ExampleInputs, Role, as_input_tuple, channel_groups
+from .masks import KeepVectors, keep_vectors, masked_tensors
+
+__all__ = ["slim", "check_consistent", "sliced_tensors"]
+
+
+def _rows_alive(module: nn.Module, name: str, member_rows: torch.Tensor, size: int) -> torch.Tensor | None:
+    mask = getattr(module, name + "_mask", None)
+    if mask is None:
+        return None
+    return mask.index_select(0, member_rows.to(mask.device)).reshape(size, -1).ne(0).any(dim=1).cpu()
+
+
+def check_consistent(groups: Sequence[ChannelGroup]) -> list[torch.Tensor]:
+    """Check that the masks inside each group agree, and return each group's keep mask.
+
+    The weights of a group's producers and tied convs must all prune the same channels (a member without a mask
+    prunes none). Biases and norms may keep a pruned channel (``slim`` then folds what it outputs into the
+    consumers), but may not prune a channel that the weights keep.
+
+    Args:
+        groups (sequence of ChannelGroup): the groups to check.
+
+    Returns:
+        list of torch.Tensor: one boolean keep mask per group, the channels its filters' weights keep.
+
+    Raises:
+        ValueError: the members of a group disagree; the message names the group and the member.
+
+    Example:
+        >>> import torch
+        >>> import torch.nn.utils.prune as prune
+        >>> import torch_rlprune as rlp
+        >>> model = rlp.models.BasicCNN()
+        >>> groups = rlp.channel_groups(model, torch.randn(1, 3, 32, 32))
+        >>> _ = prune.ln_structured(model.features[0], "weight", amount=0.5, n=1, dim=0)
+        >>> [int(k.sum()) for k in check_consistent(groups)]
+        [32, 128, 256, 512]
+        >>> _ = prune.l1_unstructured(model.features[3], "weight", amount=48)
+        >>> check_consistent(groups)
+        Traceback (most recent call last):
+        ...
+        ValueError: masks disagree inside channel group 'features.0': features.3.weight prunes channels ...
+    """
+    keeps = []
+    for group in groups:
+        everything = torch.arange(group.size)
+        alive = torch.ones(group.size, dtype=torch.bool)
+        for member in group.filters:
+            rows = _rows_alive(member.module, "weight", member.indices(everything), group.size)
+            alive &= True if rows is None else rows
+        for member in group.members:
+            for name in masked_tensors(member):
+                rows = _rows_alive(member.module, name, member.indices(everything), group.size)
+                if rows is None:
+                    rows = torch.ones(group.size, dtype=torch.bool)
+                must_match = name == "weight" and member.role is not Role.NORM
+                wrong = (rows != alive) if must_match else (alive & ~rows)
+                if wrong.any():
+                    what = "keeps" if must_match and rows[wrong].all() else "prunes"
+                    raise ValueError(
+                        f"masks disagree inside channel group {group.name!r}: {member.name}.{name} {what} channels "
+                        f"{wrong.nonzero().reshape(-1)[:5].tolist()} unlike the rest of the group. Coupled convs, "
+                        "tied depthwise convs and their norms must be pruned together: use "
+                        "torch_rlprune.global_structured or apply_channel_masks rather than pruning one layer."
+                    )
+        keeps.append(alive)
+    return keeps
+
+
+def _slice(tensor: torch.Tensor, dim: int, keep: torch.Tensor) -> torch.Tensor:
+    return tensor.index_select(dim, keep.nonzero().reshape(-1).to(tensor.device))
+
+
+_PER_CHANNEL = ("bias", "running_mean", "running_var")
+
+
+def sliced_tensors(module: nn.Module, vectors: KeepVectors) -> Iterator[tuple[str, torch.Tensor]]:
+    """The parameters and buffers of ``module`` that ``vectors`` cut, each sliced to its surviving entries.
+
+    ``weight`` loses rows (dim 0) and, for a consumer, columns (dim 1); ``bias`` and a norm's running statistics
+    lose entries. The ``_orig`` and ``_mask`` tensors of a pruned module are sliced like the tensor they stand for.
+
+    Args:
+        module (torch.nn.Module): a member of some channel groups.
+        vectors (KeepVectors): from :func:`torch_rlprune.masks.keep_vectors`.
+
+    Yields:
+        ``(name, tensor)`` for every tensor of ``module`` that loses entries, named as in
+        ``module.named_parameters(recurse=False)`` and ``module.named_buffers(recurse=False)``.
+
+    Example:
+        >>> import torch
+        >>> import torch_rlprune as rlp
+        >>> from torch_rlprune.masks import keep_vectors
+        >>> model = rlp.models.BasicCNN()
+        >>> groups = rlp.channel_groups(model, torch.randn(1, 3, 32, 32))
+        >>> vectors = keep_vectors(groups[:1], [torch.arange(64) < 10])
+        >>> {name: tuple(t.shape) for name, t in sliced_tensors(model.features[4], vectors)}
+        {'weight': (128, 10, 3, 3)}
+    """
+    out, inp = vectors.get((module, 0)), vectors.get((module, 1))
+    for name, tensor in (*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)):
+        base = name.removesuffix("_orig").removesuffix("_mask")
+        if tensor is None or (base != "weight" and base not in _PER_CHANNEL):
+            continue
+        sliced = tensor
+        if out is not None:
+            sliced = _slice(sliced, 0, out)
+        if inp is not None and base == "weight" and sliced.dim() > 1:
+            sliced = _slice(sliced, 1, inp)
+        if sliced is not tensor:
+            yield name, sliced
+
+
+def _pruning_hooks(model: nn.Module) -> list[tuple[nn.Module, str]]:
+    return [
+        (module, hook._tensor_name)
+        for module in model.modules()
+        for hook in module._forward_pre_hooks.values()
+        if isinstance(hook, prune.BasePruningMethod)
+    ]
+
+
+def _copy(model: nn.Module) -> nn.Module:
+    """``copy.deepcopy`` that also works on pruned models.
+
+    A pruning hook leaves ``<name>`` as a tensor computed from ``<name>_orig``, which deepcopy refuses while it
+    is attached to autograd; it is recomputed at every forward, so the copy may hold a detached one.
+    """
+    computed = [(m, name, getattr(m, name)) for m, name in _pruning_hooks(model)]
+    try:
+        for module, name, value in computed:
+            setattr(module, name, value.detach())
+        return copy.deepcopy(model)
+    finally:
+        for module, name, value in computed:
+            setattr(module, name, value)
+
+
+def _consumer_inputs(
+    model: nn.Module, inputs: tuple[torch.Tensor, ...], consumers: set[nn.Module]
+) -> dict[nn.Module, torch.Tensor]:
+    seen: dict[nn.Module, torch.Tensor] = {}
+    handles = [m.register_forward_pre_hook(lambda mod, args: seen.__setitem__(mod, args[0])) for m in consumers]
+    try:
+        with preserved_state(model, "eval"), torch.no_grad():
+            model(*inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen
+
+
+def _fold_constants(
+    model: nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    groups: Sequence[ChannelGroup],
+    keeps: Sequence[torch.Tensor],
+    target: dict[str, nn.Module],
+) -> None:
+    """Move what pruned channels still feed their consumers into the consumers' biases.
+
+    A pruned filter whose bias or following norm shift was left unmasked (as after ``prune.ln_structured`` on a
+    conv alone) outputs a constant instead of zero. Removing it is exact only if that constant is folded into the
+    consumer's bias, which is possible when the consumer sees it at every position: a ``Linear``, or a conv
+    without padding.
+    """
+    pruned = [(g, (~k).nonzero().reshape(-1)) for g, k in zip(groups, keeps) if not k.all()]
+    consumers = {m.module for g, _ in pruned for m in g.consumers}
+    if not consumers:
+        return
+    seen = _consumer_inputs(model, inputs, consumers)
+    for group, channels in pruned:
+        for member in group.consumers:
+            if member.module not in seen:
+                continue
+            idx = member.indices(channels).to(seen[member.module].device)
+            values = seen[member.module].index_select(1, idx).transpose(0, 1).reshape(idx.numel(), -1)
+            if not values.any():
+                continue
+            constant = values[:, 0]
+            scale = values.abs().max()
+            if (values - constant[:, None]).abs().max() > 1e-6 * scale:
+                raise ValueError(
+                    f"slim: pruned channels of group {group.name!r} still carry varying values into "
+                    f"{member.name!r}, so removing them would change the output; mask them completely (weights "
+                    "of every coupled conv) with torch_rlprune.global_structured or apply_channel_masks."
+                )
+            module = target[member.name]
+            padding = getattr(module, "padding", "valid")
+            if padding == "same" or not isinstance(padding, str) and any(padding):
+                raise ValueError(
+                    f"slim: pruned channels of group {group.name!r} feed the constant {constant[0].item():.4g} "
+                    f"(and others) into {member.name!r}, whose zero padding makes removing them inexact. Mask "
+                    "their biases and norms too (torch_rlprune.global_structured and apply_channel_masks do)."
+                )
+            weight = module.weight.detach().index_select(1, idx.to(module.weight.device))
+            shift = (weight * constant.to(weight).view(1, -1, *([1] * (weight.dim() - 2)))).flatten(1).sum(1)
+            if module.bias is None:
+                module.bias = nn.Parameter(torch.zeros_like(shift), requires_grad=module.weight.requires_grad)
+            with torch.no_grad():
+                module.bias.add_(shift)
+
+
+def _set_tensor(module: nn.Module, name: str, value: torch.Tensor) -> None:
+    if name in module._parameters:
+        old = module._parameters[name]
+        module._parameters[name] = nn.Parameter(value.detach().clone(), requires_grad=old.requires_grad)
+    else:
+        module._buffers[name] = value.detach().clone()
+
+
+def _update_counts(module: nn.Module, tied: bool) -> None:
+    """Make the attributes that carry channel counts agree with the sliced tensors."""
+    if isinstance(module, CONV_TYPES):
+        module.out_channels = module.weight.shape[0]
+        if tied:  # a depthwise conv: one group per channel, whatever is left
+            module.in_channels = module.groups = module.out_channels
+        else:
+            module.in_channels = module.weight.shape[1] * module.groups
+    elif isinstance(module, _NormBase):
+        module.num_features = (module.weight if module.weight is not None else module.running_mean).shape[0]
+    elif isinstance(module, nn.Linear):
+        module.in_features = module.weight.shape[1]
+
+
+def apply_slices(vectors: KeepVectors, tied: set[nn.Module]) -> None:
+    """Slice every module of ``vectors`` in place to its surviving entries and update its channel counts.
+
+    Args:
+        vectors (KeepVectors): keep vectors keyed by the modules to slice.
+        tied (set of torch.nn.Module): the depthwise convs among them, whose ``groups`` follow the channel count.
+    """
+    with torch.no_grad():
+        for module in {m for m, _ in vectors}:
+            for name, value in list(sliced_tensors(module, vectors)):
+                _set_tensor(module, name, value)
+            _update_counts(module, module in tied)
+
+
+def _tensors_of(output: Any) -> list[torch.Tensor]:
+    return [t for t in tree_flatten(output)[0] if isinstance(t, torch.Tensor)]
+
+
+def _first_divergence(
+    masked: nn.Module, sliced: nn.Module, inputs: tuple[torch.Tensor, ...], out_keep: dict[str, torch.Tensor],
+    atol: float, rtol: float,
+) -> str:
+    outputs: list[dict[str, Any]] = [{}, {}]
+    handles = []
+    for record, model in zip(outputs, (masked, sliced)):
+        for name, module in model.named_modules():
+            if name:
+                handles.append(module.register_forward_hook(
+                    lambda mod, args, out, name=name, record=record: record.setdefault(name, out)))  # fmt: skip
+    try:
+        for model in (masked, sliced):
+            with preserved_state(model, "eval"), torch.no_grad():
+                model(*inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    for name, a in outputs[0].items():
+        b = outputs[1].get(name)
+        if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor):
+            continue
+        if a.shape != b.shape and name in out_keep and a.dim() > 1 and a.shape[1] == out_keep[name].numel():
+            a = _slice(a, 1, out_keep[name])
+        if a.shape == b.shape and not torch.allclose(a, b, atol=atol, rtol=rtol):
+            return f"'{name}' ({type(dict(masked.named_modules())[name]).__name__})"
+    return "the model's own forward (no submodule output differs)"
+
+
+def _verify(
+    masked: nn.Module, sliced: nn.Module, inputs: tuple[torch.Tensor, ...], out_keep: dict[str, torch.Tensor],
+    atol: float, rtol: float,
+) -> None:
+    with preserved_state(masked, "eval"), preserved_state(sliced, "eval"), torch.no_grad():
+        expected, got = _tensors_of(masked(*inputs)), _tensors_of(sliced(*inputs))
+    shapes_match = len(expected) == len(got) and all(a.shape == b.shape for a, b in zip(expected, got))
+    if shapes_match and all(torch.allclose(a, b, atol=atol, rtol=rtol) for a, b in zip(expected, got)):
+        return
+    gap = max(((a - b).abs().max().item() for a, b in zip(expected, got)), default=float("nan")) if shapes_match else None
+    where = _first_divergence(masked, sliced, inputs, out_keep, atol, rtol)
+    raise ValueError(
+        "slim: the sliced model does not compute what the masked model computes "
+        + (f"(largest difference {gap:.3g}, atol={atol}, rtol={rtol})" if gap is not None else "(output shapes differ)")
+        + f"; they first part at {where}. Please report this model; pass verify=False to skip the check."
+    )
+
+
+def _adopt(model: nn.Module, result: nn.Module) -> None:
+    """Give every module of ``model`` the state of its counterpart in ``result``, keeping the module objects."""
+    pairs = list(zip(model.modules(), result.modules()))
+    original = {id(r): m for m, r in pairs}
+    for module, counterpart in pairs:
+        children = {k: None if c is None else original[id(c)] for k, c in counterpart._modules.items()}
+        # Clear first: attributes that pruning hooks set (the computed ``weight``) must not shadow the parameters.
+        module.__dict__.clear()
+        module.__dict__.update(counterpart.__dict__)
+        module._modules = children
+
+
+def slim(
+    model: nn.Module,
+    example_inputs: ExampleInputs,
+    *,
+    inplace: bool = False,
+    verify: bool = True,
+    atol: float = 1e-4,
+    rtol: float = 1e-4,
+    groups: ChannelGroups | None = None,
+) -> nn.Module:
+    r"""Physically remove the pruned channels of a masked model, giving a smaller dense model.
+
+    Every pruned channel of every channel group (see :func:`torch_rlprune.channel_groups`) leaves the model:
+    the producer convs' output channels and biases, the tied depthwise convs' filters (their ``groups`` follow),
+    the norms' weights, biases and running statistics, and the consumers' input channels (for a ``Linear`` after
+    ``flatten``, the spatial positions of each channel). Pruning masks and hooks are made permanent and removed
+    (as :func:`torch.nn.utils.prune.remove` does); parameters are fresh leaves with the original ``dtype``,
+    device and ``requires_grad``. Masks on convs that no group can slice (for example the last conv before the
+    output) stay as zeros in the dense weights.
+
+    A pruned channel usually outputs exactly zero, since its weights, bias and norm entries are all masked. Where
+    a bias or norm shift was left unmasked (as after ``prune.ln_structured`` on a conv alone) the channel outputs
+    a constant, which is folded into the consumers' biases when that is exact (a ``Linear``, or a conv without
+    padding); otherwise ``slim`` refuses with an explanation.
+
+    With ``verify=True`` (the default) both models run on ``example_inputs`` in eval mode and ``slim`` raises if
+    their outputs differ by more than the tolerance, naming the first submodule where they part.
+
+    Args:
+        model (torch.nn.Module): the masked model. A model without masks is returned as an equal copy (or as
+            itself with ``inplace=True``).
+        example_inputs (torch.Tensor or tuple of torch.Tensor): inputs the model accepts, used to trace it and to
+            verify the result.
+        inplace (bool): modify ``model`` itself instead of a copy; it is changed only once the result has been
+            built and verified. Default: ``False``.
+        verify (bool): compare the outputs of the sliced and the masked model. Default: ``True``.
+        atol (float): absolute tolerance of the comparison. Default: ``1e-4``.
+        rtol (float): relative tolerance of the comparison. Default: ``1e-4``.
+        groups (ChannelGroups, optional): channel groups already computed for ``model``; saves a trace.
+
+    Returns:
+        torch.nn.Module: the sliced model (``model`` itself when ``inplace=True``).
+
+    Raises:
+        TypeError: ``model`` is not a module or ``example_inputs`` not tensors.
+        ValueError: masks that disagree inside a coupled group (the message names the group), inputs of the
+            wrong shape, a model torch.fx cannot trace, or a sliced model that does not match the masked one.
+
+    Example:
+        >>> import torch
+        >>> import torch.nn as nn
+        >>> import torch.nn.utils.prune as prune
+        >>> import torch_rlprune as rlp
+        >>> model = rlp.models.BasicCNN()
+        >>> x = torch.randn(1, 3, 32, 32)
+        >>> convs = [(m, "weight") for m in model.modules() if isinstance(m, nn.Conv2d)]
+        >>> rlp.global_structured(convs, prune.LnStructured, n=1, amount=0.7, model=model, example_inputs=x)
+        >>> small = rlp.slim(model, x)
+        >>> sum(m.out_channels for m in small.modules() if isinstance(m, nn.Conv2d))
+        288
+        >>> small.fc.in_features == 16 * small.features[12].out_channels
+        True
+        >>> prune.is_pruned(small)
+        False
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"slim: model must be a torch.nn.Module, got {type(model).__name__}.")
+    inputs = as_input_tuple(example_inputs, "slim")
+    if not prune.is_pruned(model):
+        return model if inplace else _copy(model)
+    if groups is None:
+        groups = channel_groups(model, inputs)
+    keeps = check_consistent(groups)
+
+    result = _copy(model)
+    target = dict(result.named_modules())
+    for module, name in _pruning_hooks(result):
+        prune.remove(module, name)
+    _fold_constants(model, inputs, groups, keeps, target)
+
+    name_of = {id(m): n for n, m in model.named_modules()}
+    vectors = {(target[name_of[id(m)]], dim): v for (m, dim), v in keep_vectors(groups, keeps).items() if not v.all()}
+    tied = {target[m.name] for g in groups for m in g.tied}
+    apply_slices(vectors, tied)
+
+    if verify:
+        out_keep = {name_of[id(m)]: v for (m, dim), v in keep_vectors(groups, keeps).items() if dim == 0}
+        _verify(model, result, inputs, out_keep, atol, rtol)
+    if inplace:
+        _adopt(model, result)
+        return model
+    return result
