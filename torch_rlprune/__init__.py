@@ -9,6 +9,7 @@ from . import criteria, metrics, models
 from .groups import ChannelGroup, ChannelGroups, Member, Role, channel_groups
 from .masks import alive_channels, apply_channel_masks, effective_weight
 from .methods import global_structured
+from .serialization import load, save
 from .slicing import slim
 
 __all__ = [
@@ -25,5 +26,7 @@ __all__ = [
     "effective_weight",
     "global_structured",
     "slim",
+    "save",
+    "load",
 ]
 __version__ = "0.1.0.dev0"

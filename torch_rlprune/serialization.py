@@ -1,0 +1,156 @@
+"""Saving a pruned model without pickling code, and rebuilding it from the original architecture.
+
+The file holds only tensors, strings and numbers, so it loads with ``torch.load(weights_only=True)``: for every
+channel group the producer names and the kept channel indices, and the ``state_dict`` of the sliced model. To
+load it, build the original (unpruned) architecture as usual; :func:`load` traces it, masks the same channels,
+slices them out with :func:`torch_rlprune.slim` and loads the weights.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Union
+
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+from .groups import ChannelGroup, ChannelGroups, ExampleInputs, channel_groups
+from .masks import apply_channel_masks
+from .slicing import check_consistent, slim
+
+__all__ = ["save", "load"]
+
+FORMAT = "torch-rlprune/sliced"
+VERSION = 1
+
+PathLike = Union[str, os.PathLike]
+
+
+def _key(group: ChannelGroup) -> tuple[str, ...]:
+    return tuple(sorted(m.name for m in group.producers))
+
+
+def atomic_save(obj: Any, path: PathLike) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then rename: a crash never leaves half a file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save(
+    model: nn.Module, path: PathLike, example_inputs: ExampleInputs, *, groups: ChannelGroups | None = None
+) -> None:
+    r"""Save a masked model as its sliced weights plus the kept channels of every group.
+
+    The model itself is not changed. The file is written atomically (a temporary file, then a rename).
+
+    Args:
+        model (torch.nn.Module): the masked model (as pruned by :func:`torch_rlprune.global_structured`).
+        path (str or os.PathLike): where to write.
+        example_inputs (torch.Tensor or tuple of torch.Tensor): inputs the model accepts.
+        groups (ChannelGroups, optional): channel groups already computed for ``model``; saves a trace.
+
+    Example:
+        >>> import tempfile, os
+        >>> import torch
+        >>> import torch.nn as nn
+        >>> import torch.nn.utils.prune as prune
+        >>> import torch_rlprune as rlp
+        >>> model = rlp.models.BasicCNN()
+        >>> x = torch.randn(1, 3, 32, 32)
+        >>> convs = [(m, "weight") for m in model.modules() if isinstance(m, nn.Conv2d)]
+        >>> rlp.global_structured(convs, prune.LnStructured, n=1, amount=0.7, model=model, example_inputs=x)
+        >>> path = os.path.join(tempfile.mkdtemp(), "basiccnn.pt")
+        >>> rlp.save(model, path, x)
+        >>> small = rlp.load(path, rlp.models.BasicCNN(), x)
+        >>> torch.allclose(small.eval()(x), rlp.slim(model, x).eval()(x))
+        True
+    """
+    if groups is None:
+        groups = channel_groups(model, example_inputs)
+    keeps = check_consistent(groups)
+    sliced = slim(model, example_inputs, groups=groups) if prune.is_pruned(model) else model
+    atomic_save(
+        {
+            "format": FORMAT,
+            "version": VERSION,
+            "groups": [
+                {"producers": list(_key(g)), "size": g.size, "kept": k.nonzero().reshape(-1)}
+                for g, k in zip(groups, keeps)
+                if not k.all()
+            ],
+            "state_dict": sliced.state_dict(),
+        },
+        path,
+    )
+
+
+def _matched(groups: Sequence[ChannelGroup], stored: list[dict[str, Any]], path: PathLike) -> list[tuple[ChannelGroup, torch.Tensor]]:
+    by_key = {_key(g): g for g in groups}
+    matched = []
+    for entry in stored:
+        group = by_key.get(tuple(entry["producers"]))
+        if group is None or group.size != entry["size"]:
+            raise ValueError(
+                f"load: {path} was saved from another architecture: it prunes the channels produced by "
+                f"{', '.join(entry['producers'])} ({entry['size']} channels), which this model does not have. "
+                "Build the model exactly as it was built before pruning."
+            )
+        keep = torch.zeros(group.size, dtype=torch.bool)
+        keep[entry["kept"]] = True
+        matched.append((group, keep))
+    return matched
+
+
+def load(
+    path: PathLike, model: nn.Module, example_inputs: ExampleInputs, *, map_location: Any = None
+) -> nn.Module:
+    r"""Rebuild a model saved by :func:`save` from a fresh instance of its original architecture.
+
+    ``model`` is masked, sliced in place and given the saved weights, as :meth:`torch.nn.Module.load_state_dict`
+    fills a model in place; it is also returned.
+
+    Args:
+        path (str or os.PathLike): the file written by :func:`save`.
+        model (torch.nn.Module): an unpruned instance of the architecture that was saved.
+        example_inputs (torch.Tensor or tuple of torch.Tensor): inputs the model accepts.
+        map_location: passed to :func:`torch.load`.
+
+    Returns:
+        torch.nn.Module: ``model``, now the sliced model with the saved weights.
+
+    Raises:
+        ValueError: the file is not a torch-rlprune save, or comes from another architecture.
+    """
+    try:
+        data = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:
+        raise ValueError(f"load: {path} is not a readable torch-rlprune file ({type(exc).__name__}: {exc}).") from exc
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ValueError(f"load: {path} is not a file written by torch_rlprune.save.")
+    if data.get("version") != VERSION:
+        raise ValueError(f"load: {path} has format version {data.get('version')}; this release reads {VERSION}.")
+    if prune.is_pruned(model):
+        raise ValueError("load: pass a fresh, unpruned instance of the saved architecture.")
+    matched = _matched(channel_groups(model, example_inputs), data["groups"], path)
+    apply_channel_masks([g for g, _ in matched], [k for _, k in matched])
+    slim(model, example_inputs, inplace=True, verify=False)
+    try:
+        model.load_state_dict(data["state_dict"])
+    except RuntimeError as exc:
+        raise ValueError(f"load: the weights in {path} do not fit this architecture: {exc}") from exc
+    return model
