@@ -1,0 +1,175 @@
+"""Rewards for the mask search: how good a pruned network is, measured on validation data.
+
+A reward is any callable ``reward(model) -> float``, higher is better. During a search ``model`` is a
+:class:`~torch_rlprune.evaluation.CandidateModel`: it computes what the candidate-masked network computes. The
+rewards here read a few batches of a loader once, keep them on the model's device, and reuse them for every
+candidate. Pass a loader of *validation* data carved out of the training set: a mask chosen by its test accuracy
+makes that test accuracy meaningless.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .metrics import count_macs
+
+__all__ = ["Accuracy", "NegativeLoss", "MACsAware", "check_reward"]
+
+
+class _CachedBatches:
+    """The first ``batches`` (inputs, targets) pairs of a loader, fetched once and kept on the model's device."""
+
+    def __init__(self, loader: Iterable[Any], batches: int | None, name: str) -> None:
+        if isinstance(loader, (torch.Tensor, str, bytes)) or not isinstance(loader, Iterable):
+            raise TypeError(f"{name}: loader must be an iterable of (inputs, targets) batches, e.g. a DataLoader.")
+        if batches is not None and (isinstance(batches, bool) or not isinstance(batches, int) or batches < 1):
+            raise ValueError(f"{name}: batches must be a positive int or None (all batches), got {batches!r}.")
+        self.loader, self.batches, self.name = loader, batches, name
+        self._cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def get(self, model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        device = next(iter(model.parameters()), torch.empty(0)).device
+        if self._cache is None or self._cache[0][0].device != device:
+            cache = []
+            for i, batch in enumerate(self.loader):
+                if self.batches is not None and i >= self.batches:
+                    break
+                if not (isinstance(batch, (tuple, list)) and len(batch) >= 2):
+                    raise TypeError(f"{self.name}: every batch must be an (inputs, targets) pair.")
+                cache.append((batch[0].to(device), batch[1].to(device)))
+            if not cache:
+                raise ValueError(f"{self.name}: the loader yielded no batch; pass validation data.")
+            self._cache = cache
+        return self._cache
+
+
+class Accuracy:
+    r"""Top-1 accuracy of the model on the first ``batches`` batches of ``loader`` (all of them by default).
+
+    Args:
+        loader (iterable): yields ``(inputs, targets)`` batches of validation data, e.g. a
+            :class:`torch.utils.data.DataLoader`. The batches are read once and cached on the model's device.
+        batches (int, optional): how many batches to use. Default: all.
+
+    Example:
+        >>> import torch
+        >>> from torch_rlprune.rewards import Accuracy
+        >>> data = [(torch.randn(4, 3), torch.tensor([0, 1, 0, 1]))]
+        >>> model = torch.nn.Linear(3, 2)
+        >>> 0.0 <= Accuracy(data)(model) <= 1.0
+        True
+    """
+
+    def __init__(self, loader: Iterable[Any], batches: int | None = None) -> None:
+        self.data = _CachedBatches(loader, batches, type(self).__name__)
+
+    def __call__(self, model: nn.Module) -> float:
+        correct = total = 0
+        for inputs, targets in self.data.get(model):
+            correct += int((model(inputs).argmax(dim=1) == targets).sum())
+            total += targets.numel()
+        return correct / total
+
+
+class NegativeLoss:
+    r"""Minus the mean loss of the model on the first ``batches`` batches of ``loader``.
+
+    Smoother than accuracy where accuracy barely moves, as at initialisation: two masks that both score 10% can
+    differ a lot in loss.
+
+    Args:
+        loader (iterable): yields ``(inputs, targets)`` batches of validation data.
+        batches (int, optional): how many batches to use. Default: all.
+        loss_fn (callable): ``loss_fn(outputs, targets)``, averaged over the batch. Default: cross-entropy.
+
+    Example:
+        >>> import torch
+        >>> from torch_rlprune.rewards import NegativeLoss
+        >>> data = [(torch.randn(4, 3), torch.tensor([0, 1, 0, 1]))]
+        >>> NegativeLoss(data)(torch.nn.Linear(3, 2)) < 0
+        True
+    """
+
+    def __init__(
+        self,
+        loader: Iterable[Any],
+        batches: int | None = None,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
+    ) -> None:
+        self.data = _CachedBatches(loader, batches, type(self).__name__)
+        self.loss_fn = loss_fn
+
+    def __call__(self, model: nn.Module) -> float:
+        losses = [float(self.loss_fn(model(x), y).detach()) * y.shape[0] for x, y in self.data.get(model)]
+        return -sum(losses) / sum(y.shape[0] for _, y in self.data.get(model))
+
+
+class MACsAware:
+    r"""AMC's reward (He et al., 2018): :math:`-\text{error} \cdot \log(\text{MACs})`.
+
+    Rewards accuracy and, at equal accuracy, fewer multiply-accumulates. The error is ``1 - Accuracy``; the MACs
+    are those of the sliced network (:meth:`CandidateModel.macs`, or :func:`torch_rlprune.metrics.count_macs`
+    on ``example_inputs`` for an ordinary model).
+
+    Args:
+        loader (iterable): yields ``(inputs, targets)`` batches of validation data.
+        batches (int, optional): how many batches to use. Default: all.
+        example_inputs (torch.Tensor, optional): needed only to count the MACs of a model that is not a
+            candidate view.
+
+    Example:
+        >>> import torch
+        >>> from torch_rlprune.rewards import MACsAware
+        >>> data = [(torch.randn(4, 3), torch.tensor([0, 1, 0, 1]))]
+        >>> MACsAware(data, example_inputs=torch.randn(1, 3))(torch.nn.Linear(3, 2)) <= 0
+        True
+    """
+
+    def __init__(
+        self, loader: Iterable[Any], batches: int | None = None, example_inputs: torch.Tensor | None = None
+    ) -> None:
+        self.accuracy = Accuracy(loader, batches)
+        self.example_inputs = example_inputs
+
+    def __call__(self, model: nn.Module) -> float:
+        macs_of = getattr(model, "macs", None)
+        if callable(macs_of):
+            macs = macs_of()
+        elif self.example_inputs is not None:
+            macs = count_macs(model, self.example_inputs)
+        else:
+            raise TypeError("MACsAware: pass example_inputs to count the MACs of a model that is not a candidate.")
+        return -(1.0 - self.accuracy(model)) * math.log(max(macs, 2))
+
+
+def check_reward(value: Any, reward: Any) -> float:
+    """Return ``value`` as a float, or raise a ``ValueError``/``TypeError`` naming the reward if it is not finite.
+
+    Args:
+        value: what ``reward(model)`` returned.
+        reward: the reward, for the message.
+
+    Returns:
+        float: the value.
+
+    Example:
+        >>> check_reward(0.5, "accuracy")
+        0.5
+    """
+    name = getattr(reward, "__name__", type(reward).__name__)
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"reward {name} returned {type(value).__name__}; a reward must return a number (float).")
+    if not math.isfinite(value):
+        raise ValueError(
+            f"reward {name} returned {value}; a reward must be finite. Check the validation data and the model "
+            "(a NaN often means a pruned layer lost every channel: raise min_keep)."
+        )
+    return float(value)
