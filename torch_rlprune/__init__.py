@@ -5,10 +5,16 @@ The data flows one way: a model is traced into channel groups (:func:`channel_gr
 ``torch.nn.utils.prune`` masks (:mod:`torch_rlprune.masks`) that :mod:`torch_rlprune.metrics` counts.
 """
 
-from . import criteria, metrics, models
+from . import criteria, metrics, models, rewards
 from .groups import ChannelGroup, ChannelGroups, Member, Role, channel_groups
 from .masks import alive_channels, apply_channel_masks, effective_weight
-from .methods import global_structured
+from .methods import (
+    RandomSearchPruning,
+    RLStructuredPruning,
+    SimulatedAnnealingPruning,
+    global_structured,
+    rl_structured,
+)
 from .serialization import load, save
 from .slicing import slim
 
@@ -25,6 +31,11 @@ __all__ = [
     "apply_channel_masks",
     "effective_weight",
     "global_structured",
+    "rl_structured",
+    "RLStructuredPruning",
+    "SimulatedAnnealingPruning",
+    "RandomSearchPruning",
+    "rewards",
     "slim",
     "save",
     "load",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Callable, Union
 
 import torch
@@ -12,11 +12,29 @@ from torch import nn
 from torch.nn.utils import prune
 
 from . import criteria
+from .controller import ReinforceController
+from .evaluation import CandidateEvaluator
+from .features import filter_features
 from .groups import CONV_TYPES, ChannelGroup, ChannelGroups, ExampleInputs, channel_groups
 from .masks import alive_channels, apply_channel_masks, effective_weight
-from .selection import NORMALIZATIONS, channels_to_prune, min_keep_counts, normalize_scores, select_channels
+from .search import AnnealingStrategy, RandomStrategy, ReinforceStrategy, SearchResult, SearchStrategy, run_search
+from .selection import (
+    NORMALIZATIONS,
+    channels_to_prune,
+    check_budget,
+    min_keep_counts,
+    normalize_scores,
+    select_channels,
+    validate_amount,
+)
 
-__all__ = ["global_structured"]
+__all__ = [
+    "global_structured",
+    "RLStructuredPruning",
+    "SimulatedAnnealingPruning",
+    "RandomSearchPruning",
+    "rl_structured",
+]
 
 Parameters = Iterable[tuple[nn.Module, str]]
 ImportanceScores = Mapping[tuple[nn.Module, str], torch.Tensor]
@@ -61,6 +79,8 @@ def _check_method(pruning_method: Any, kwargs: dict[str, Any]) -> Callable[..., 
             f"{_CALLER}: pruning_method must be a torch.nn.utils.prune method class (e.g. prune.LnStructured) "
             f"or a criterion name such as 'l1' or 'snip'; got {pruning_method!r}."
         )
+    if issubclass(pruning_method, _SearchPruning):
+        return None
     if pruning_method.PRUNING_TYPE != "structured":
         raise TypeError(
             f"{_CALLER}: {pruning_method.__name__} has PRUNING_TYPE={pruning_method.PRUNING_TYPE!r}; this function "
@@ -137,7 +157,7 @@ def global_structured(
     normalize: str = "mean",
     groups: ChannelGroups | None = None,
     **kwargs: Any,
-) -> None:
+) -> SearchResult | None:
     r"""Globally prune filters of the convolutions in ``parameters`` by ranking them across layers.
 
     The structured counterpart of :func:`torch.nn.utils.prune.global_unstructured`. The model's channel groups
@@ -178,6 +198,11 @@ def global_structured(
         kwargs: the method's own arguments: ``n`` for ``prune.LnStructured``; ``seed`` for
             ``prune.RandomStructured`` and ``"random"``; the criterion's arguments (e.g. ``inputs`` and
             ``targets`` for ``"snip"``, ``init_state`` for ``"same_sign"``).
+
+    Returns:
+        The :class:`~torch_rlprune.search.SearchResult` when ``pruning_method`` searches by reward
+        (:class:`RLStructuredPruning`, :class:`SimulatedAnnealingPruning`, :class:`RandomSearchPruning`, whose
+        arguments ``reward``, ``episodes``, ``seed``... go in ``kwargs``); ``None`` otherwise.
 
     Raises:
         TypeError: ``pruning_method`` is not structured or offers no scores, arguments of the wrong type.
@@ -229,6 +254,13 @@ def global_structured(
     n_prune = channels_to_prune(amount, int(sum(int(a.sum()) for a in alive)), _CALLER)
     keep_min = min_keep_counts([g.size for g in chosen], min_keep, _CALLER)
 
+    if isinstance(pruning_method, type) and issubclass(pruning_method, _SearchPruning):
+        if importance_scores is not None:
+            raise ValueError(f"{_CALLER}: {pruning_method.__name__} searches by reward; it takes no importance_scores.")
+        method = pruning_method(amount, min_keep=min_keep, **kwargs)
+        keep = method.search_groups(model, chosen, alive, n_prune, keep_min, example_inputs)
+        apply_channel_masks(chosen, keep)
+        return method.result
     if criterion is not None:
         # A criterion that prunes as it scores (SynFlow) works on the chosen groups and their budget only.
         context = {"example_inputs": example_inputs, "groups": ChannelGroups(chosen, groups.excluded),
@@ -248,3 +280,320 @@ def global_structured(
     scores = [normalize_scores(s, a, normalize) for s, a in zip(scores, alive)]
     keep = select_channels(scores, alive, n_prune, keep_min, caller=_CALLER)
     apply_channel_masks(chosen, keep)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Methods that search for the mask: REINFORCE, simulated annealing, random search
+# --------------------------------------------------------------------------------------------------------------
+
+
+class _SearchPruning(prune.BasePruningMethod):
+    """Shared machinery of the pruning methods that search keep-sets by their reward (see subclasses)."""
+
+    PRUNING_TYPE = "structured"
+    kind = ""
+    default_batch = 1
+
+    def __init__(
+        self,
+        amount: float | int,
+        reward: Callable[[nn.Module], float],
+        dim: int = 0,
+        *,
+        episodes: int = 500,
+        batch: int | None = None,
+        seed: int | None = None,
+        min_keep: float | int = 1,
+        norms: str = "batch",
+        progress: bool = True,
+        writer: Any = None,
+        callbacks: Sequence[Callable[[dict[str, Any]], None]] = (),
+        checkpoint: Any = None,
+        checkpoint_every: int = 50,
+        resume: Any = None,
+        _target: tuple[nn.Module, str] | None = None,
+        **options: Any,
+    ) -> None:
+        name = type(self).__name__
+        validate_amount(amount, name)
+        if not callable(reward):
+            raise TypeError(
+                f"{name}: reward must be a callable reward(model) -> float, such as "
+                "torch_rlprune.rewards.Accuracy(val_loader, batches=2); got "
+                f"{type(reward).__name__}."
+            )
+        if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
+            raise ValueError(f"{name}: episodes must be an int >= 1 (rewards to evaluate), got {episodes!r}.")
+        if dim != 0:
+            raise ValueError(f"{name}: dim={dim} is not supported; filters are pruned along dim 0.")
+        unknown = set(options) - set(self.option_names)
+        if unknown:
+            raise TypeError(f"{name} got unexpected argument(s) {', '.join(sorted(unknown))}; it takes "
+                            f"{', '.join(self.option_names) or 'no method options'}.")  # fmt: skip
+        self.amount, self.reward, self.dim = amount, reward, dim
+        self.episodes, self.batch, self.seed = episodes, batch or self.default_batch, seed
+        self.min_keep, self.norms, self.options = min_keep, norms, options
+        self.run_options = {"progress": progress, "writer": writer, "callbacks": callbacks, "checkpoint": checkpoint,
+                            "checkpoint_every": checkpoint_every, "resume": resume}  # fmt: skip
+        self._target = _target
+        #: the :class:`~torch_rlprune.search.SearchResult` of the last search
+        self.result: SearchResult | None = None
+
+    option_names: tuple[str, ...] = ()
+
+    def _strategy(
+        self, features: torch.Tensor, group_sizes: list[int], n_keep: int, min_keep: list[int], device: torch.device
+    ) -> SearchStrategy:
+        raise NotImplementedError
+
+    def search(
+        self,
+        features: torch.Tensor,
+        group_sizes: list[int],
+        n_keep: int,
+        min_keep: list[int],
+        evaluate: Callable[[torch.Tensor], float],
+        device: torch.device,
+    ) -> SearchResult:
+        """Run the search over ``sum(group_sizes)`` filters and remember its result in :attr:`result`."""
+        strategy = self._strategy(features, group_sizes, n_keep, min_keep, device)
+        self.result = run_search(strategy, evaluate, episodes=self.episodes, batch=self.batch, **self.run_options)
+        return self.result
+
+    @classmethod
+    def apply(cls, module, name, amount, reward, importance_scores=None, **kwargs):  # type: ignore[override]
+        r"""Prune ``module.<name>``'s filters (dim 0) found by the search, as ``prune.LnStructured.apply`` does.
+
+        During the search the module's ``name`` holds each candidate's masked tensor and ``reward(module)`` is
+        called; a reward for one layer is usually a closure over the whole model, e.g.
+        ``reward=lambda _: accuracy(model)``.
+        """
+        return super().apply(module, name, amount, reward, importance_scores=importance_scores,
+                             _target=(module, name), **kwargs)  # fmt: skip
+
+    def compute_mask(self, t: torch.Tensor, default_mask: torch.Tensor) -> torch.Tensor:
+        if self._target is None:
+            raise TypeError(f"{type(self).__name__}.compute_mask needs a module: use .apply(module, name, ...).")
+        module, name = self._target
+        orig = getattr(module, name + "_orig")
+        current = getattr(module, name + "_mask", torch.ones_like(orig))
+        alive = current.flatten(1).ne(0).any(dim=1).cpu()
+        n_alive = int(alive.sum())
+        n_prune = channels_to_prune(self.amount, n_alive, type(self).__name__)
+        keep_min = min(min_keep_counts([alive.numel()], self.min_keep, type(self).__name__)[0], n_alive)
+        check_budget([n_alive], n_prune, [keep_min], type(self).__name__)
+        rows = alive.nonzero().reshape(-1)
+        weights = orig.detach()[rows.to(orig.device)].flatten(1).float()
+        features = torch.stack([_relative(weights.abs().sum(1)), _relative(weights.norm(dim=1))], dim=1).cpu()
+        had, before = hasattr(module, name), getattr(module, name, None)
+
+        def candidate_mask(keep: torch.Tensor) -> torch.Tensor:
+            full = torch.zeros(alive.numel(), dtype=torch.bool)
+            full[rows[keep.cpu()]] = True
+            return current * full.to(current.device).view(-1, *([1] * (current.dim() - 1)))
+
+        def evaluate(keep: torch.Tensor) -> float:
+            setattr(module, name, orig * candidate_mask(keep))
+            return self.reward(module)
+
+        try:
+            result = self.search(features, [n_alive], n_alive - n_prune, [keep_min], evaluate, orig.device)
+        finally:
+            if had:
+                setattr(module, name, before)
+            elif name in module.__dict__:
+                delattr(module, name)
+        mask = candidate_mask(result.best_keep)
+        # Inside a PruningContainer, t holds only the rows still alive.
+        return (mask if t.shape[0] == mask.shape[0] else mask[rows.to(mask.device)]).to(default_mask) * default_mask
+
+    def search_groups(
+        self,
+        model: nn.Module,
+        groups: Sequence[ChannelGroup],
+        alive: Sequence[torch.Tensor],
+        n_prune: int,
+        keep_min: Sequence[int],
+        example_inputs: ExampleInputs,
+    ) -> list[torch.Tensor]:
+        """Search the alive channels of ``groups`` for the best keep-set of their size minus ``n_prune``."""
+        sizes = [int(a.sum()) for a in alive]
+        floors = [min(k, s) for k, s in zip(keep_min, sizes)]
+        check_budget(sizes, n_prune, floors, type(self).__name__)
+        rows = torch.cat([a for a in alive])
+        features = filter_features(model, groups)[rows]
+        evaluator = CandidateEvaluator(model, groups, example_inputs, norms=self.norms)
+        bounds = torch.tensor([0, *sizes]).cumsum(0).tolist()
+
+        def unflatten(flat: torch.Tensor) -> list[torch.Tensor]:
+            keep = []
+            for a, lo, hi in zip(alive, bounds, bounds[1:]):
+                k = torch.zeros_like(a)
+                k[a.nonzero().reshape(-1)] = flat[lo:hi].cpu()
+                keep.append(k)
+            return keep
+
+        def evaluate(flat: torch.Tensor) -> float:
+            with torch.no_grad():
+                return self.reward(evaluator.view(unflatten(flat)))
+
+        device = next(iter(model.parameters()), torch.empty(0)).device
+        with evaluator.active():
+            result = self.search(features, sizes, sum(sizes) - n_prune, floors, evaluate, device)
+        return unflatten(result.best_keep)
+
+
+def _relative(values: torch.Tensor) -> torch.Tensor:
+    mean = values.mean()
+    return values / mean if mean > 0 else torch.zeros_like(values)
+
+
+class RLStructuredPruning(_SearchPruning):
+    r"""Prune the filters that a REINFORCE controller learns to drop, rewarded by the pruned network's quality.
+
+    The action is a keep-set of exactly the budgeted number of filters (and at least ``min_keep`` per layer),
+    sampled without replacement from a Plackett-Luce policy by the Gumbel-top-k trick; its exact
+    log-probability is that of the sampled sequence of draws, so the REINFORCE estimate
+    :math:`(R - b)\,\nabla \log p(\text{action})` is unbiased (unlike a deterministic top-k over a softmax, whose
+    log-probability is not that of the action taken). The policy is a small network shared across filters that
+    maps per-filter features (relative L1 norm, BN scale, layer depth and width; see
+    :func:`torch_rlprune.features.filter_features`) to logits, plus a learnable per-filter term; it is trained
+    with Adam, a moving-average baseline and an entropy bonus, ``batch`` episodes per update (see
+    :class:`torch_rlprune.controller.ReinforceController`). The best keep-set seen becomes the mask.
+
+    Through :func:`torch_rlprune.global_structured` the search runs over the channel groups of a whole model and
+    each candidate is evaluated on the sliced network (see :class:`torch_rlprune.evaluation.CandidateModel`):
+    ``reward`` receives a module that computes what the candidate-masked model computes, with batch norms
+    normalising by the batch's own statistics (``norms="batch"``; ``"eval"`` uses the running statistics),
+    without deep copies and at a cost that falls with sparsity. The model's weights, buffers, modes and
+    ``requires_grad`` are as before once the search ends; only the masks are new.
+
+    Args:
+        amount (int or float): filters to prune: a fraction of the unpruned ones or their number.
+        reward (callable): ``reward(model) -> float``, higher is better, computed on validation data (see
+            :mod:`torch_rlprune.rewards`).
+        dim (int): must be 0 (filters). Default: 0.
+        episodes (int): rewards to evaluate in all. Default: 500.
+        batch (int): episodes per policy update. Default: 8.
+        seed (int, optional): the same seed gives the same search and the same mask.
+        min_keep (int or float): filters each layer keeps at least. Default: 1.
+        norms (str): ``"batch"`` or ``"eval"``, the statistics batch norms use while evaluating. Default:
+            ``"batch"``.
+        progress (bool): tqdm progress bar where installed. Default: ``True``.
+        writer (SummaryWriter, optional): TensorBoard writer for the search history.
+        callbacks (sequence of callable): called with every history record.
+        checkpoint (path, optional): file the search state is written to atomically every ``checkpoint_every``
+            episodes; ``resume`` continues from such a file.
+        lr, entropy_coef, baseline, hidden: options of the controller (see
+            :class:`~torch_rlprune.controller.ReinforceController`).
+
+    Example:
+        >>> import torch
+        >>> import torch.nn as nn
+        >>> import torch_rlprune as rlp
+        >>> model = rlp.models.BasicCNN(width=0.25)
+        >>> x, y = torch.randn(32, 3, 32, 32), torch.randint(0, 10, (32,))
+        >>> convs = [(m, "weight") for m in model.modules() if isinstance(m, nn.Conv2d)]
+        >>> result = rlp.global_structured(
+        ...     convs, rlp.RLStructuredPruning, amount=0.5, model=model, example_inputs=x[:1],
+        ...     reward=rlp.rewards.NegativeLoss([(x, y)]), episodes=16, seed=0, progress=False)
+        >>> result.evaluations, sum(int(m.weight_mask.flatten(1).any(1).sum()) for m, _ in convs)
+        (16, 120)
+    """
+
+    kind = "rl"
+    default_batch = 8
+    option_names = ("lr", "entropy_coef", "baseline", "baseline_decay", "hidden")
+
+    def _strategy(self, features, group_sizes, n_keep, min_keep, device):  # type: ignore[no-untyped-def]
+        controller = ReinforceController(features, group_sizes, n_keep, min_keep, seed=self.seed, device=device,
+                                         **self.options)  # fmt: skip
+        return ReinforceStrategy(controller)
+
+
+class SimulatedAnnealingPruning(_SearchPruning):
+    r"""Prune the filters that simulated annealing over keep-sets finds, the thesis' final method.
+
+    Same interface, reward, budget and evaluation as :class:`RLStructuredPruning`; the search is
+    :class:`torch_rlprune.search.AnnealingStrategy`: swap ``k`` kept and pruned filters, accept by the Metropolis
+    rule, with a geometric temperature schedule and a neighbourhood that shrinks as the temperature falls.
+
+    Args:
+        amount, reward, dim, episodes, seed, min_keep, norms, progress, writer, callbacks, checkpoint,
+            checkpoint_every, resume: as for :class:`RLStructuredPruning` (``batch`` neighbours per step,
+            default 1).
+        t_start, t_end, swaps, start: options of :class:`~torch_rlprune.search.AnnealingStrategy`.
+
+    Example:
+        >>> import torch
+        >>> import torch_rlprune as rlp
+        >>> conv = torch.nn.Conv2d(3, 8, 3)
+        >>> wanted = torch.tensor([1.0, 0, 0, 1, 0, 0, 0, 0])
+        >>> reward = lambda m: float((m.weight.flatten(1).abs().sum(1) > 0).float() @ wanted)
+        >>> method = rlp.SimulatedAnnealingPruning.apply(conv, "weight", 6, reward, episodes=60, seed=0,
+        ...                                              progress=False)
+        >>> conv.weight_mask.flatten(1).any(1).nonzero().flatten().tolist()
+        [0, 3]
+    """
+
+    kind = "sa"
+    option_names = ("t_start", "t_end", "swaps", "start")
+
+    def _strategy(self, features, group_sizes, n_keep, min_keep, device):  # type: ignore[no-untyped-def]
+        return AnnealingStrategy(group_sizes, n_keep, min_keep, self.episodes, seed=self.seed, **self.options)
+
+
+class RandomSearchPruning(_SearchPruning):
+    r"""Prune the best of ``episodes`` uniformly random keep-sets: the baseline that searches must beat.
+
+    Same interface, reward, budget and evaluation as :class:`RLStructuredPruning`, so that RL, simulated
+    annealing and random search are compared on equal evaluation budgets.
+
+    Example:
+        >>> import torch
+        >>> import torch_rlprune as rlp
+        >>> conv = torch.nn.Conv2d(3, 8, 3)
+        >>> method = rlp.RandomSearchPruning.apply(conv, "weight", 0.5, lambda m: 0.0, episodes=4, seed=0,
+        ...                                        progress=False)
+        >>> int(conv.weight_mask.flatten(1).any(1).sum()), method.result.evaluations
+        (4, 4)
+    """
+
+    kind = "random"
+
+    def _strategy(self, features, group_sizes, n_keep, min_keep, device):  # type: ignore[no-untyped-def]
+        return RandomStrategy(group_sizes, n_keep, min_keep, seed=self.seed)
+
+
+def rl_structured(
+    module: nn.Module, name: str, amount: float | int, reward: Callable[[nn.Module], float], dim: int = 0,
+    **kwargs: Any,
+) -> nn.Module:
+    r"""Prune filters of ``module.<name>`` chosen by :class:`RLStructuredPruning`, like ``prune.ln_structured``.
+
+    ``reward(module)`` is called with the module holding each candidate's masked tensor; it is usually a closure
+    that evaluates the whole model. To search a whole model's filters at once, with fast sliced evaluation, use
+    :func:`global_structured` with ``pruning_method=RLStructuredPruning``.
+
+    Args:
+        module (torch.nn.Module): module containing the tensor to prune.
+        name (str): parameter name within ``module``, e.g. ``"weight"``.
+        amount (int or float): filters to prune: a fraction of the unpruned ones or their number.
+        reward (callable): ``reward(module) -> float``, higher is better, on validation data.
+        dim (int): must be 0. Default: 0.
+        kwargs: the options of :class:`RLStructuredPruning` (``episodes``, ``batch``, ``seed``, ...).
+
+    Returns:
+        torch.nn.Module: ``module``, pruned.
+
+    Example:
+        >>> import torch
+        >>> import torch_rlprune as rlp
+        >>> conv = torch.nn.Conv2d(3, 8, 3)
+        >>> reward = lambda m: float(m.weight.flatten(1).abs().sum(1)[:4].gt(0).sum())
+        >>> m = rlp.rl_structured(conv, "weight", amount=4, reward=reward, episodes=200, seed=0, progress=False)
+        >>> m.weight_mask.flatten(1).any(1).tolist()
+        [True, True, True, True, False, False, False, False]
+    """
+    RLStructuredPruning.apply(module, name, amount, reward, dim=dim, **kwargs)
+    return module

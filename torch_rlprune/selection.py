@@ -8,7 +8,14 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["validate_amount", "channels_to_prune", "min_keep_counts", "select_channels", "normalize_scores"]
+__all__ = [
+    "validate_amount",
+    "channels_to_prune",
+    "min_keep_counts",
+    "check_budget",
+    "select_channels",
+    "normalize_scores",
+]
 
 NORMALIZATIONS = ("mean", "max", "l2", "none")
 
@@ -56,6 +63,16 @@ def min_keep_counts(sizes: Sequence[int], min_keep: float | int, caller: str) ->
     return [math.ceil(float(min_keep) * size) for size in sizes]
 
 
+def check_budget(alive: Sequence[int], n_prune: int, min_keep: Sequence[int], caller: str) -> None:
+    """Raise ``ValueError`` if ``n_prune`` channels cannot go while group ``i`` keeps ``min_keep[i]`` of ``alive[i]``."""
+    free = sum(max(a - k, 0) for a, k in zip(alive, min_keep))
+    if n_prune > free:
+        raise ValueError(
+            f"{caller}: cannot prune {n_prune} filters while every layer keeps its minimum (min_keep); "
+            f"at most {free} can go. Lower amount or min_keep."
+        )
+
+
 def normalize_scores(scores: torch.Tensor, alive: torch.Tensor, how: str) -> torch.Tensor:
     """Divide one group's scores by the mean, max or L2 norm of its alive channels' scores (or leave them)."""
     if how == "none":
@@ -100,12 +117,7 @@ def select_channels(
         free = idx[order[min(k, idx.numel()) :]]
         candidates_score.append(s[free].double().cpu())
         candidates_at.append((g, free))
-    total_free = sum(c.numel() for c in candidates_score)
-    if n_prune > total_free:
-        raise ValueError(
-            f"{caller}: cannot prune {n_prune} filters while every layer keeps its minimum (min_keep); "
-            f"at most {total_free} can go. Lower amount or min_keep."
-        )
+    check_budget([int(a.sum()) for a in alive], n_prune, list(min_keep), caller)
     if n_prune == 0:
         return keep
     flat = torch.cat(candidates_score)

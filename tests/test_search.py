@@ -1,0 +1,227 @@
+import math
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+from torch.nn.utils import prune
+
+import torch_rlprune as rlp
+from torch_rlprune.controller import ReinforceController
+from torch_rlprune.evaluation import CandidateEvaluator
+from torch_rlprune.masks import alive_channels, apply_channel_masks
+from torch_rlprune.search import AnnealingStrategy, RandomStrategy, ReinforceStrategy, run_search
+
+from conftest import conv_pairs
+
+# The planted problem: 4 layers of 50 filters, keep 60; the reward is the fraction of a hidden set of 60 kept.
+SIZES, N_KEEP, FLOOR = [50, 50, 50, 50], 60, [1, 1, 1, 1]
+HIDDEN = torch.zeros(200, dtype=torch.bool)
+HIDDEN[torch.randperm(200, generator=torch.Generator().manual_seed(7))[:N_KEEP]] = True
+BUDGET = 2000  # evaluations, the same for every strategy
+
+
+def planted(keep):
+    return float((keep & HIDDEN).sum()) / N_KEEP
+
+
+def test_rl_solves_the_planted_problem_and_beats_random_search():
+    rl = ReinforceStrategy(ReinforceController(torch.zeros(200, 1), SIZES, N_KEEP, FLOOR, seed=0))
+    rl_result = run_search(rl, planted, episodes=BUDGET, batch=16, progress=False)
+    random_result = run_search(RandomStrategy(SIZES, N_KEEP, FLOOR, seed=0), planted, episodes=BUDGET, progress=False)
+    assert rl_result.best_reward >= 0.95
+    assert random_result.best_reward < 0.6
+    assert rl_result.evaluations == random_result.evaluations == BUDGET
+
+
+def test_annealing_improves_on_its_start():
+    sa = AnnealingStrategy(SIZES, N_KEEP, FLOOR, episodes=BUDGET, t_start=0.05, seed=0)
+    result = run_search(sa, planted, episodes=BUDGET, progress=False)
+    start = result.history[0]["reward"]
+    assert result.best_reward >= start + 0.4
+    assert all(sum(r["kept"]) == N_KEEP and min(r["kept"]) >= 1 for r in result.history)
+    assert result.history[-1]["temperature"] < result.history[0]["temperature"]
+
+
+def test_history_callbacks_and_writer_see_every_evaluation():
+    class Writer:
+        def __init__(self):
+            self.tags = {}
+
+        def add_scalar(self, tag, value, step):
+            self.tags.setdefault(tag, []).append(step)
+
+    seen, writer = [], Writer()
+    rl = ReinforceStrategy(ReinforceController(torch.zeros(200, 1), SIZES, N_KEEP, FLOOR, seed=0))
+    result = run_search(rl, planted, episodes=24, batch=8, callbacks=[seen.append], writer=writer, progress=False)
+    assert [r["episode"] for r in seen] == list(range(24)) == [r["episode"] for r in result.history]
+    assert all("entropy" in r and r["best_reward"] >= r["reward"] for r in seen)
+    assert writer.tags["search/best_reward"] == list(range(24)) and len(writer.tags["kept/group3"]) == 24
+    assert result.wall_time > 0
+
+
+@pytest.mark.parametrize("kind", ["rl", "sa", "random"])
+def test_resume_after_interruption_ends_like_an_uninterrupted_run(kind, tmp_path):
+    def strategy():
+        if kind == "rl":
+            return ReinforceStrategy(ReinforceController(torch.zeros(200, 1), SIZES, N_KEEP, FLOOR, seed=3))
+        if kind == "sa":
+            return AnnealingStrategy(SIZES, N_KEEP, FLOOR, episodes=80, seed=3)
+        return RandomStrategy(SIZES, N_KEEP, FLOOR, seed=3)
+
+    full = run_search(strategy(), planted, episodes=80, batch=4, progress=False)
+
+    calls = []
+
+    def flaky(keep):
+        calls.append(1)
+        if len(calls) == 43:
+            raise KeyboardInterrupt
+        return planted(keep)
+
+    path = tmp_path / "search.pt"
+    stopped = run_search(strategy(), flaky, episodes=80, batch=4, checkpoint=path, checkpoint_every=8, progress=False)
+    # The step holding the 43rd evaluation is rolled back, so the stop lands on a step boundary before it.
+    done = stopped.evaluations
+    assert stopped.interrupted and 38 <= done < 43 and len(stopped.history) == done
+    assert stopped.best_reward == max(r["reward"] for r in full.history[:done])
+    resumed = run_search(strategy(), planted, episodes=80, batch=4, checkpoint=path, resume=path, progress=False)
+    assert not resumed.interrupted and resumed.evaluations == 80
+    assert [r["reward"] for r in resumed.history] == [r["reward"] for r in full.history]
+    assert torch.equal(resumed.best_keep, full.best_keep) and resumed.best_reward == full.best_reward
+
+
+def test_resume_refuses_a_checkpoint_of_another_search(tmp_path):
+    path = tmp_path / "search.pt"
+    run_search(RandomStrategy(SIZES, N_KEEP, FLOOR, seed=0), planted, episodes=5, checkpoint=path, progress=False)
+    with pytest.raises(ValueError, match="belongs to another search"):
+        run_search(RandomStrategy(SIZES, 50, FLOOR, seed=0), planted, episodes=10, resume=path, progress=False)
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable search checkpoint"):
+        run_search(RandomStrategy(SIZES, N_KEEP, FLOOR, seed=0), planted, episodes=10, resume=path, progress=False)
+
+
+@pytest.mark.parametrize("make", [torchvision.models.mobilenet_v2, torchvision.models.resnet18])
+@pytest.mark.parametrize("norms", ["eval", "batch"])
+def test_candidate_view_computes_what_the_masked_model_computes(make, norms):
+    torch.manual_seed(0)
+    model = make(num_classes=10)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+    x = torch.randn(4, 3, 32, 32)
+    groups = rlp.channel_groups(model, x[:1])
+    keep = [torch.rand(g.size) < 0.4 for g in groups]
+    for k in keep:
+        k[0] = True
+    evaluator = CandidateEvaluator(model, groups, x[:1], norms=norms)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with evaluator.active(), torch.no_grad():
+        got = evaluator.view(keep)(x)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    apply_channel_masks(groups, keep)
+    with torch.no_grad():
+        model.train() if norms == "batch" else model.eval()
+        for m in model.modules():
+            if isinstance(m, nn.Dropout):
+                m.eval()
+        expected = model(x)
+    assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4)
+    assert evaluator.view(keep).macs() == rlp.metrics.count_macs(model, x[:1])
+
+
+def small_problem(seed=0):
+    torch.manual_seed(seed)
+    model = rlp.models.BasicCNN(width=0.25)
+    x, y = torch.randn(64, 3, 32, 32), torch.randint(0, 10, (64,))
+    return model, x, y
+
+
+@pytest.mark.parametrize("method", [rlp.RLStructuredPruning, rlp.SimulatedAnnealingPruning, rlp.RandomSearchPruning])
+def test_global_search_is_seeded_and_leaves_the_model_as_it_was(method):
+    masks = []
+    for seed in (0, 0, 1):
+        model, x, y = small_problem()
+        model.train()
+        model.features[0].weight.requires_grad_(False)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        result = rlp.global_structured(conv_pairs(model), method, amount=0.5, model=model, example_inputs=x[:1],
+                                       reward=rlp.rewards.NegativeLoss([(x, y)]), episodes=24, seed=seed,
+                                       progress=False)  # fmt: skip
+        assert result.evaluations == 24 and math.isfinite(result.best_reward)
+        after = model.state_dict()
+        for key, value in before.items():
+            now = after[key] if key in after else after[key.replace("weight", "weight_orig").replace("bias", "bias_orig")]
+            assert torch.equal(value, now), f"the search changed {key}"
+        assert model.training and all(m.training for m in model.modules())
+        assert not model.features[0].weight_orig.requires_grad and model.features[4].weight_orig.requires_grad
+        assert all(p.grad is None for p in model.parameters())
+        groups = rlp.channel_groups(model, x[:1])
+        assert sum(int((~alive_channels(g)).sum()) for g in groups) == 120
+        masks.append(torch.cat([alive_channels(g) for g in groups]))
+    assert torch.equal(masks[0], masks[1]) and not torch.equal(masks[0], masks[2])
+
+
+def test_global_search_keeps_the_best_mask_on_interrupt():
+    model, x, y = small_problem()
+    accuracy = rlp.rewards.Accuracy([(x, y)])
+    calls = []
+
+    def reward(view):
+        calls.append(1)
+        if len(calls) > 12:
+            raise KeyboardInterrupt
+        return accuracy(view)
+
+    result = rlp.global_structured(conv_pairs(model), rlp.RLStructuredPruning, amount=0.5, model=model,
+                                   example_inputs=x[:1], reward=reward, episodes=100, batch=4, seed=0,
+                                   progress=False)  # fmt: skip
+    assert result.interrupted and result.evaluations == 12
+    assert prune.is_pruned(model)
+    groups = rlp.channel_groups(model, x[:1])
+    assert torch.equal(torch.cat([alive_channels(g) for g in groups]), result.best_keep)
+
+
+@pytest.mark.parametrize(
+    "bad, error, message",
+    [
+        (lambda view: float("nan"), ValueError, "must be finite"),
+        (lambda view: float("inf"), ValueError, "must be finite"),
+        (lambda view: "good", TypeError, "must return a number"),
+        (None, TypeError, "reward must be a callable"),
+    ],
+)
+def test_bad_rewards_are_refused(bad, error, message):
+    model, x, y = small_problem()
+    with pytest.raises(error, match=message):
+        rlp.global_structured(conv_pairs(model), rlp.RLStructuredPruning, amount=0.5, model=model,
+                              example_inputs=x[:1], reward=bad, episodes=8, progress=False)  # fmt: skip
+    assert not prune.is_pruned(model)
+
+
+def test_bad_search_arguments_are_refused():
+    model, x, y = small_problem()
+    reward = rlp.rewards.Accuracy([(x, y)])
+    args = dict(amount=0.5, model=model, example_inputs=x[:1], reward=reward, progress=False)
+    with pytest.raises(ValueError, match="episodes must be an int >= 1"):
+        rlp.global_structured(conv_pairs(model), rlp.RLStructuredPruning, episodes=0, **args)
+    with pytest.raises(ValueError, match="at most 236 can go"):
+        rlp.global_structured(conv_pairs(model), rlp.SimulatedAnnealingPruning, **{**args, "amount": 1.0})
+    with pytest.raises(TypeError, match="unexpected argument"):
+        rlp.global_structured(conv_pairs(model), rlp.SimulatedAnnealingPruning, lr=0.1, **args)
+    with pytest.raises(TypeError, match="model= must be the torch.nn.Module"):
+        rlp.global_structured(conv_pairs(model), rlp.RLStructuredPruning, **{**args, "model": None})
+    assert not prune.is_pruned(model)
+
+
+def test_rl_structured_prunes_one_layer_by_reward():
+    conv = nn.Conv2d(3, 10, 3)
+    wanted = torch.zeros(10, dtype=torch.bool)
+    wanted[[1, 4, 8]] = True
+
+    def reward(module):
+        return float((module.weight.flatten(1).abs().sum(1) > 0)[wanted].sum())
+
+    rlp.rl_structured(conv, "weight", amount=7, reward=reward, episodes=240, seed=0, progress=False)
+    assert conv.weight_mask.flatten(1).any(1).tolist() == wanted.tolist()
+    assert not hasattr(conv, "weight") or torch.equal(conv.weight, conv.weight_orig * conv.weight_mask)
