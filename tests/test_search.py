@@ -130,6 +130,36 @@ def test_candidate_view_computes_what_the_masked_model_computes(make, norms):
     assert evaluator.view(keep).macs() == rlp.metrics.count_macs(model, x[:1])
 
 
+def test_candidate_view_of_a_pruned_model_composes_masks_and_leaves_its_tensors():
+    torch.manual_seed(0)
+    model = rlp.models.BasicCNN(width=0.25).eval()
+    x = torch.randn(4, 3, 32, 32)
+    rlp.global_structured(conv_pairs(model), prune.LnStructured, n=1, amount=0.5, model=model, example_inputs=x[:1])
+    groups = rlp.channel_groups(model, x[:1])
+    keep = [alive_channels(g) & (torch.rand(g.size) < 0.7) for g in groups]
+    for k, g in zip(keep, groups):
+        k[alive_channels(g).nonzero()[0]] = True
+    evaluator = CandidateEvaluator(model, groups, x[:1], norms="eval")
+    with evaluator.active(), torch.no_grad():
+        got = evaluator.view(keep)(x)
+    # The pruning hooks recompute `weight` inside the view's call; what they leave must be the model's own.
+    for m, _ in conv_pairs(model):
+        assert torch.equal(m.weight, m.weight_orig * m.weight_mask)
+    apply_channel_masks(groups, keep)
+    with torch.no_grad():
+        assert torch.allclose(got, model(x), atol=1e-5)
+
+
+def test_searching_a_pruned_model_again_prunes_its_alive_filters():
+    model, x, y = small_problem()
+    reward = rlp.rewards.Accuracy([(x, y)])
+    for alive in (120, 60):
+        rlp.global_structured(conv_pairs(model), rlp.RandomSearchPruning, amount=0.5, model=model,
+                              example_inputs=x[:1], reward=reward, episodes=4, seed=0, progress=False)  # fmt: skip
+        groups = rlp.channel_groups(model, x[:1])
+        assert sum(int(alive_channels(g).sum()) for g in groups) == alive
+
+
 def small_problem(seed=0):
     torch.manual_seed(seed)
     model = rlp.models.BasicCNN(width=0.25)

@@ -22,7 +22,7 @@ from . import metrics
 from ._state import preserved_state
 from .groups import ChannelGroup, ExampleInputs, as_input_tuple
 from .masks import KeepVectors, keep_vectors
-from .slicing import sliced_tensors
+from .slicing import pruning_hooks, sliced_tensors
 
 __all__ = ["CandidateEvaluator", "CandidateModel"]
 
@@ -51,7 +51,7 @@ class CandidateModel(nn.Module):
         }
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        with self._evaluator.tied_counts(self._vectors):
+        with self._evaluator.patched(self._vectors):
             return functional_call(self.model, self._tensors, args, kwargs, strict=False)
 
     def macs(self) -> int:
@@ -97,6 +97,7 @@ class CandidateEvaluator:
         self.norms = norms
         self.names = {m: n for n, m in model.named_modules()}
         self._tied = {m.module for g in self.groups for m in g.tied}
+        self._hooked = pruning_hooks(model)
         inputs = as_input_tuple(example_inputs, "CandidateEvaluator")
         self._positions = metrics._output_positions(model, inputs, "CandidateEvaluator")
         self._batch = metrics._batch_size(inputs)
@@ -111,18 +112,28 @@ class CandidateEvaluator:
         return metrics.ModelStats(metrics._layer_stats(self.model, vectors, self._positions, self._batch)).macs_kept
 
     @contextlib.contextmanager
-    def tied_counts(self, vectors: KeepVectors) -> Iterator[None]:
-        """Set the ``groups`` of tied depthwise convs to their kept channel count, restoring it on exit."""
+    def patched(self, vectors: KeepVectors) -> Iterator[None]:
+        """Set the ``groups`` of tied depthwise convs to their kept channel count, restoring it on exit.
+
+        Also restores the tensors that pruning hooks recompute: inside the call a hook sets ``<name>`` to the
+        candidate's sliced tensor, which must not outlive the call.
+        """
         saved = {}
         for conv in self._tied:
             if (conv, 0) in vectors:
                 saved[conv] = conv.groups
                 conv.groups = int(vectors[conv, 0].sum())
+        hooked = [(module, name, module.__dict__.get(name)) for module, name in self._hooked]
         try:
             yield
         finally:
             for conv, groups in saved.items():
                 conv.groups = groups
+            for module, name, value in hooked:
+                if value is None:
+                    module.__dict__.pop(name, None)
+                else:
+                    setattr(module, name, value)
 
     @contextlib.contextmanager
     def active(self) -> Iterator[CandidateEvaluator]:

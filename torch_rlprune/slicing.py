@@ -135,7 +135,8 @@ def sliced_tensors(module: nn.Module, vectors: KeepVectors) -> Iterator[tuple[st
             yield name, sliced
 
 
-def _pruning_hooks(model: nn.Module) -> list[tuple[nn.Module, str]]:
+def pruning_hooks(model: nn.Module) -> list[tuple[nn.Module, str]]:
+    """``(module, name)`` of every tensor a ``torch.nn.utils.prune`` hook recomputes before each forward."""
     return [
         (module, hook._tensor_name)
         for module in model.modules()
@@ -150,7 +151,7 @@ def _copy(model: nn.Module) -> nn.Module:
     A pruning hook leaves ``<name>`` as a tensor computed from ``<name>_orig``, which deepcopy refuses while it
     is attached to autograd; it is recomputed at every forward, so the copy may hold a detached one.
     """
-    computed = [(m, name, getattr(m, name)) for m, name in _pruning_hooks(model)]
+    computed = [(m, name, getattr(m, name)) for m, name in pruning_hooks(model)]
     try:
         for module, name, value in computed:
             setattr(module, name, value.detach())
@@ -400,7 +401,7 @@ def slim(
 
     result = _copy(model)
     target = dict(result.named_modules())
-    for module, name in _pruning_hooks(result):
+    for module, name in pruning_hooks(result):
         prune.remove(module, name)
     _fold_constants(model, inputs, groups, keeps, target)
 
