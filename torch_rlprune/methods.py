@@ -518,11 +518,14 @@ class SimulatedAnnealingPruning(_SearchPruning):
     :class:`torch_rlprune.search.AnnealingStrategy`: swap ``k`` kept and pruned filters, accept by the Metropolis
     rule, with a geometric temperature schedule and a neighbourhood that shrinks as the temperature falls.
 
+    It takes the arguments of :class:`RLStructuredPruning` (``amount``, ``reward``, ``episodes``, ``seed``,
+    ``min_keep``, ``norms``, ``checkpoint``, ...), with ``batch`` neighbours per step (default 1), and these options:
+
     Args:
-        amount, reward, dim, episodes, seed, min_keep, norms, progress, writer, callbacks, checkpoint,
-            checkpoint_every, resume: as for :class:`RLStructuredPruning` (``batch`` neighbours per step,
-            default 1).
-        t_start, t_end, swaps, start: options of :class:`~torch_rlprune.search.AnnealingStrategy`.
+        t_start (float): initial temperature, in reward units. Default: 0.05.
+        t_end (float): final temperature. Default: 0.0005.
+        swaps (int, optional): swaps of the first neighbourhoods. Default: 5% of the filters kept.
+        start (torch.Tensor, optional): the keep-set to start from, over the searched filters in group order.
 
     Example:
         >>> import torch
