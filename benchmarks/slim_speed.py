@@ -23,11 +23,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
 import importlib.metadata
-import os
-import platform
-import re
 import statistics
 import sys
 import time
@@ -42,6 +38,7 @@ from torch.nn.utils import prune
 from torch.utils import benchmark
 
 import torch_rlprune as rlp
+from _machine import OtherLoad, available_cores, human, print_header, print_table
 from torch_rlprune.metrics import model_stats
 
 GOAL = 0.7  # realised speed-up must reach this fraction of the theoretical one
@@ -69,66 +66,6 @@ QUICK = Config(sparsities=(0.5,), batch=16, resnet18_size=64, resnet50_size=112,
 # ----------------------------------------------------------------------------------------------------------------
 # Helpers
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-class OtherLoad:
-    """How much of the machine's CPU time other processes used between ``start()`` and ``share()``.
-
-    Read from ``/proc/stat`` (all CPUs) minus this process's own CPU time; ``None`` where ``/proc/stat`` is missing.
-    On 2 cores a busy neighbour makes OpenMP threads wait for each other, which can slow convolutions many times
-    over, so a table measured under load says so.
-    """
-
-    def __init__(self) -> None:
-        self.start()
-
-    @staticmethod
-    def _busy() -> tuple[float, int] | None:
-        try:
-            with open("/proc/stat") as f:
-                lines = f.read().splitlines()
-        except OSError:
-            return None
-        fields = [int(v) for v in lines[0].split()[1:]]
-        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-        cpus = sum(1 for line in lines if re.match(r"cpu\d", line))
-        return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK"), cpus
-
-    def start(self) -> None:
-        self._t0, self._own0, self._busy0 = time.perf_counter(), sum(os.times()[:2]), self._busy()
-
-    def share(self) -> float | None:
-        busy = self._busy()
-        if busy is None or self._busy0 is None:
-            return None
-        wall = time.perf_counter() - self._t0
-        other = busy[0] - self._busy0[0] - (sum(os.times()[:2]) - self._own0)
-        return max(0.0, other) / (wall * busy[1])
-
-    def report(self) -> str:
-        share = self.share()
-        if share is None:
-            return "  (no /proc/stat: could not check for other load)"
-        warning = "  WARNING: the machine was not quiet, timings above are unreliable" if share > 0.05 else ""
-        return f"  other processes used {share:.0%} of the machine's CPU time while this was measured.{warning}"
 
 
 def torch_pruning_version() -> str:
@@ -204,24 +141,6 @@ def close(a: nn.Module, b: nn.Module, x: torch.Tensor) -> bool:
 
 def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def human(n: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f}{unit}"
-    return f"{n:.0f}"
-
-
-def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    print(f"\n{title}\n")
-    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |")
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for row in rows:
-        cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]
-        print("| " + " | ".join(cells) + " |")
-    sys.stdout.flush()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -366,11 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = QUICK if args.quick else FULL
     torch.set_num_threads(args.threads)
 
-    tp_version = torch_pruning_version()
-    print(f"slim_speed.py{' --quick' if args.quick else ''}  {datetime.datetime.now().isoformat(timespec='seconds')}")
-    print(f"CPU: {cpu_model()}, {available_cores()} cores available; torch threads: {torch.get_num_threads()}")
-    print(f"python {platform.python_version()}, torch {torch.__version__}, torchvision {torchvision.__version__}, "
-          f"torch_rlprune {rlp.__version__}, torch_pruning {tp_version}")  # fmt: skip
+    print_header(f"slim_speed.py{' --quick' if args.quick else ''}")
+    print(f"torch_pruning {torch_pruning_version()}")
 
     started = time.perf_counter()
     misses = []
