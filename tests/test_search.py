@@ -1,3 +1,4 @@
+import copy
 import math
 
 import pytest
@@ -210,6 +211,26 @@ def test_global_search_keeps_the_best_mask_on_interrupt():
     assert prune.is_pruned(model)
     groups = rlp.channel_groups(model, x[:1])
     assert torch.equal(torch.cat([alive_channels(g) for g in groups]), result.best_keep)
+
+
+def test_a_saliency_feature_that_shows_the_answer_speeds_up_the_search():
+    model, x, _ = small_problem()
+    hidden = [torch.rand(g.size, generator=torch.Generator().manual_seed(i)) < 0.5
+              for i, g in enumerate(rlp.channel_groups(model, x[:1]))]  # fmt: skip
+
+    def reward(view):
+        return float(sum((k & h).sum() for k, h in zip(view.keep, hidden))) / float(sum(h.sum() for h in hidden))
+
+    best = {}
+    for name in ("plain", "saliency"):
+        m = copy.deepcopy(model)
+        saliency = {(g.producers[0].module, "weight"): h.float() for g, h in zip(rlp.channel_groups(m, x[:1]), hidden)}
+        options = {"saliency": saliency} if name == "saliency" else {}
+        result = rlp.global_structured(conv_pairs(m), rlp.RLStructuredPruning, amount=0.5, model=m,
+                                       example_inputs=x[:1], reward=reward, episodes=200, seed=0, progress=False,
+                                       **options)  # fmt: skip
+        best[name] = result.best_reward
+    assert best["saliency"] >= best["plain"] + 0.15
 
 
 @pytest.mark.parametrize(

@@ -421,7 +421,7 @@ class _SearchPruning(prune.BasePruningMethod):
         floors = [min(k, s) for k, s in zip(keep_min, sizes)]
         check_budget(sizes, n_prune, floors, type(self).__name__)
         rows = torch.cat([a for a in alive])
-        features = filter_features(model, groups)[rows]
+        features = filter_features(model, groups, saliency=self.options.get("saliency"))[rows]
         evaluator = CandidateEvaluator(model, groups, example_inputs, norms=self.norms)
         bounds = torch.tensor([0, *sizes]).cumsum(0).tolist()
 
@@ -484,7 +484,10 @@ class RLStructuredPruning(_SearchPruning):
         callbacks (sequence of callable): called with every history record.
         checkpoint (path, optional): file the search state is written to atomically every ``checkpoint_every``
             episodes; ``resume`` continues from such a file.
-        lr, entropy_coef, baseline, hidden: options of the controller (see
+        saliency (dict, optional): per-filter scores keyed by ``(conv, "weight")``, such as
+            :func:`torch_rlprune.criteria.snip` returns, given to the policy as one more feature per filter (see
+            :func:`torch_rlprune.features.filter_features`); used by :func:`global_structured` only.
+        lr, entropy_coef, baseline, baseline_decay, hidden: options of the controller (see
             :class:`~torch_rlprune.controller.ReinforceController`).
 
     Example:
@@ -503,11 +506,12 @@ class RLStructuredPruning(_SearchPruning):
 
     kind = "rl"
     default_batch = 8
-    option_names = ("lr", "entropy_coef", "baseline", "baseline_decay", "hidden")
+    option_names = ("lr", "entropy_coef", "baseline", "baseline_decay", "hidden", "saliency")
 
     def _strategy(self, features, group_sizes, n_keep, min_keep, device):  # type: ignore[no-untyped-def]
+        options = {k: v for k, v in self.options.items() if k != "saliency"}
         controller = ReinforceController(features, group_sizes, n_keep, min_keep, seed=self.seed, device=device,
-                                         **self.options)  # fmt: skip
+                                         **options)  # fmt: skip
         return ReinforceStrategy(controller)
 
 
