@@ -311,6 +311,7 @@ class _SearchPruning(prune.BasePruningMethod):
         checkpoint: Any = None,
         checkpoint_every: int = 50,
         resume: Any = None,
+        distributed: Any = False,
         _target: tuple[nn.Module, str] | None = None,
         **options: Any,
     ) -> None:
@@ -334,7 +335,8 @@ class _SearchPruning(prune.BasePruningMethod):
         self.episodes, self.batch, self.seed = episodes, batch or self.default_batch, seed
         self.min_keep, self.norms, self.options = min_keep, norms, options
         self.run_options = {"progress": progress, "writer": writer, "callbacks": callbacks, "checkpoint": checkpoint,
-                            "checkpoint_every": checkpoint_every, "resume": resume}  # fmt: skip
+                            "checkpoint_every": checkpoint_every, "resume": resume,
+                            "distributed": distributed}  # fmt: skip
         self._target = _target
         #: the :class:`~torch_rlprune.search.SearchResult` of the last search
         self.result: SearchResult | None = None
@@ -484,6 +486,9 @@ class RLStructuredPruning(_SearchPruning):
         callbacks (sequence of callable): called with every history record.
         checkpoint (path, optional): file the search state is written to atomically every ``checkpoint_every``
             episodes; ``resume`` continues from such a file.
+        distributed (bool or ProcessGroup): share each batch's evaluations between the processes of a
+            :mod:`torch.distributed` job (see :func:`torch_rlprune.search.run_search`); every rank gets the mask
+            a single process would find with the same seed. Default: ``False``.
         saliency (dict, optional): per-filter scores keyed by ``(conv, "weight")``, such as
             :func:`torch_rlprune.criteria.snip` returns, given to the policy as one more feature per filter (see
             :func:`torch_rlprune.features.filter_features`); used by :func:`global_structured` only.

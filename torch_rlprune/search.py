@@ -302,6 +302,52 @@ def _resume(path: PathLike, strategy: SearchStrategy, n_keep: int) -> SearchResu
     )
 
 
+class _Ranks:
+    """This process's share of the candidates when a search runs on several processes (``torch.distributed``).
+
+    Every rank holds the same strategy, seeded alike, so every rank proposes the same candidates; rank ``r``
+    evaluates candidates ``r, r + W, r + 2W, ...`` and one all-reduce gives every rank every reward, so all ranks
+    learn the same thing and end with the same result as one process would.
+    """
+
+    def __init__(self, distributed: Any) -> None:
+        self.group = None
+        self.rank, self.size = 0, 1
+        if distributed is False or distributed is None:
+            return
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            raise ValueError(
+                "run_search: distributed search needs torch.distributed initialised in every process (launch with "
+                "torchrun and call torch.distributed.init_process_group()), or pass distributed=False."
+            )
+        self.group = None if distributed is True else distributed
+        self.rank, self.size = dist.get_rank(self.group), dist.get_world_size(self.group)
+        backend = dist.get_backend(self.group)
+        self.device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+
+    @property
+    def leader(self) -> bool:
+        return self.rank == 0
+
+    def mine(self, n: int) -> range:
+        return range(self.rank, n, self.size)
+
+    def share(self, rewards: torch.Tensor, failed: bool) -> torch.Tensor:
+        """Sum every rank's rewards (each holds zeros where others evaluated); raise on all if one failed."""
+        if self.size == 1:
+            return rewards
+        import torch.distributed as dist
+
+        packed = torch.cat([rewards, torch.tensor([float(failed)], dtype=rewards.dtype)]).to(self.device)
+        dist.all_reduce(packed, group=self.group)
+        packed = packed.cpu()
+        if packed[-1] > 0 and not failed:
+            raise RuntimeError(f"run_search: the reward failed on {int(packed[-1])} other rank(s); see their error.")
+        return packed[:-1]
+
+
 def run_search(
     strategy: SearchStrategy,
     evaluate: Callable[[torch.Tensor], Any],
@@ -314,6 +360,7 @@ def run_search(
     checkpoint_every: int = 50,
     resume: PathLike | None = None,
     progress: bool = True,
+    distributed: Any = False,
 ) -> SearchResult:
     r"""Evaluate ``episodes`` candidates proposed by ``strategy``, ``batch`` at a time, and keep the best.
 
@@ -331,6 +378,13 @@ def run_search(
         resume (str or os.PathLike, optional): a checkpoint to continue from; the search then ends with the
             result an uninterrupted run would have given.
         progress (bool): show a tqdm progress bar where tqdm is installed. Default: ``True``.
+        distributed (bool or ProcessGroup): ``True`` (the default group) or a process group to share the
+            evaluations of every batch between the processes of a :mod:`torch.distributed` job, each rank
+            evaluating every ``world_size``-th candidate. Every rank must call ``run_search`` with the same
+            arguments and an identically seeded strategy; every rank then returns the same result, equal to a
+            one-process search with the same seed and ``episodes``. Only rank 0 shows progress, writes to
+            ``writer`` and writes ``checkpoint``; every rank reads ``resume``, so it must be on a shared file
+            system. Use a ``batch`` that is a multiple of the world size, or some ranks idle. Default: ``False``.
 
     Returns:
         SearchResult: the best keep-set, its reward, the history, the time and the number of evaluations.
@@ -353,6 +407,9 @@ def run_search(
             raise TypeError(f"run_search: {name} must be an int, got {type(value).__name__}.")
         if value < 1:
             raise ValueError(f"run_search: {name}={value}; it must be at least 1.")
+    ranks = _Ranks(distributed)
+    if not ranks.leader:
+        writer, checkpoint, progress = None, None, False
     if resume is not None:
         result = _resume(resume, strategy, strategy.n_keep)
     else:
@@ -368,7 +425,14 @@ def run_search(
             before = copy.deepcopy(strategy.state_dict()) if checkpoint is not None else None
             try:
                 keep, token = strategy.propose(min(batch, episodes - result.evaluations))
-                rewards = torch.tensor([check_reward(evaluate(k), evaluate) for k in keep], dtype=torch.float64)
+                rewards = torch.zeros(len(keep), dtype=torch.float64)
+                try:
+                    for i in ranks.mine(len(keep)):
+                        rewards[i] = check_reward(evaluate(keep[i]), evaluate)
+                except Exception:
+                    ranks.share(rewards, failed=True)
+                    raise
+                rewards = ranks.share(rewards, failed=False)
                 stats = strategy.observe(token, keep, rewards)
             except KeyboardInterrupt:
                 if before is not None:
