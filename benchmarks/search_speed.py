@@ -1,0 +1,238 @@
+"""What one episode of the mask search costs, beside a dense forward pass of the same batch.
+
+Run by hand (nothing here is collected by pytest)::
+
+    python benchmarks/search_speed.py            # the full run: about 2 minutes on 2 CPU cores
+    python benchmarks/search_speed.py --quick    # a smoke run: well under a minute
+
+BasicCNN at initialisation, a reward batch of 256 CIFAR-sized inputs, 70% of the filters pruned. Timed side by
+side with :class:`torch.utils.benchmark.Timer` (no grad; batch norms normalise by the batch's statistics, as the
+search's rewards do):
+
+- ``dense forward``: the unpruned network on the batch, the unit every other row is divided by;
+- ``thesis-style episode``: what the method's original implementation did per candidate: multiply the dense
+  weights (conv, bias, BN) by the candidate's channel masks and run the dense network;
+- ``sliced view``: this package's evaluation, :class:`torch_rlprune.evaluation.CandidateModel`: index-select the
+  kept channels of every tensor and run the sliced network through :func:`torch.func.functional_call`;
+- ``search episode``: a whole ``RLStructuredPruning`` search through :func:`torch_rlprune.global_structured`
+  (sampling, evaluation with the accuracy reward, policy updates, history) divided by its episodes.
+
+Then the peak memory of a ``--episodes`` long search, measured in a fresh process: its peak resident set size
+(``ru_maxrss``) beside that of the same process set up without searching, with the default allocator settings and
+with two settings that keep the CPU allocator from holding on to freed memory, and
+``torch.cuda.max_memory_allocated`` on a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import resource
+import statistics
+import sys
+import time
+
+import torch
+from torch import nn
+from torch.func import functional_call
+from torch.utils import benchmark
+
+import torch_rlprune as rlp
+from _machine import OtherLoad, available_cores, print_header, print_table
+from torch_rlprune.controller import sample_keep
+from torch_rlprune.evaluation import CandidateEvaluator
+from torch_rlprune.masks import keep_vectors
+
+GOAL = 0.25  # one episode should cost at most this share of a dense forward pass at 70% sparsity
+AMOUNT = 0.7
+
+
+def setup(batch: int, device: str) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    model = rlp.models.BasicCNN().to(device)
+    x = torch.randn(batch, 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+    return model, x, y
+
+
+def random_keeps(groups: rlp.ChannelGroups, n: int) -> list[list[torch.Tensor]]:
+    """``n`` uniformly random keep-sets of 30% of the filters, split per group."""
+    sizes = [g.size for g in groups]
+    n_keep = sum(sizes) - round(AMOUNT * sum(sizes))
+    flat, _ = sample_keep(torch.zeros(n, sum(sizes)), n_keep, sizes, [1] * len(sizes), torch.Generator().manual_seed(0))
+    return [list(k.split(sizes)) for k in flat]
+
+
+def masked_dense_tensors(model: nn.Module, vectors: rlp.masks.KeepVectors) -> dict[str, torch.Tensor]:
+    """The thesis-style candidate: every tensor a channel group touches, multiplied by its channel mask."""
+    names = {m: n for n, m in model.named_modules()}
+    tensors = {}
+    for (module, dim), keep in vectors.items():
+        for pname, p in module.named_parameters(recurse=False):
+            if p.dim() > dim and p.shape[dim] == keep.numel():
+                shape = [1] * p.dim()
+                shape[dim] = -1
+                key = f"{names[module]}.{pname}"
+                tensors[key] = tensors.get(key, p) * keep.to(p).view(shape)
+    return tensors
+
+
+def timed_ms(timers: dict[str, benchmark.Timer], rounds: int, min_run_time: float) -> dict[str, float]:
+    """Median ms per call of each timer, over ``rounds`` interleaved rounds."""
+    runs: dict[str, list[float]] = {name: [] for name in timers}
+    for _ in range(rounds):
+        for name, timer in timers.items():
+            runs[name] += timer.blocked_autorange(min_run_time=min_run_time).times
+    return {name: statistics.median(times) * 1e3 for name, times in runs.items()}
+
+
+def search(model: nn.Module, x: torch.Tensor, y: torch.Tensor, episodes: int) -> rlp.search.SearchResult:
+    convs = [(m, "weight") for m in model.modules() if isinstance(m, nn.Conv2d)]
+    return rlp.global_structured(convs, rlp.RLStructuredPruning, amount=AMOUNT, model=model,
+                                 example_inputs=x[:1], reward=rlp.rewards.Accuracy([(x, y)]),
+                                 episodes=episodes, seed=0, progress=False)  # fmt: skip
+
+
+def episode_table(args: argparse.Namespace) -> float:
+    """Print the per-episode costs; return the sliced view's cost as a share of a dense forward pass."""
+    model, x, y = setup(args.batch, args.device)
+    groups = rlp.channel_groups(model, x[:1])
+    evaluator = CandidateEvaluator(model, groups, x[:1], norms="batch")
+    # As in a search, candidates keep other channel counts each time, so most calls meet new tensor shapes
+    # (oneDNN builds its kernels per shape); 512 are more than the timed calls of one row.
+    keeps = random_keeps(groups, 512)
+    vectors = [keep_vectors(groups, k) for k in keeps]
+    cycle = {"i": 0}
+
+    def next_index() -> int:
+        cycle["i"] = (cycle["i"] + 1) % len(keeps)
+        return cycle["i"]
+
+    def thesis_episode() -> torch.Tensor:
+        return functional_call(model, masked_dense_tensors(model, vectors[next_index()]), (x,), strict=False)
+
+    def sliced_episode() -> torch.Tensor:
+        return evaluator.view(keeps[next_index()])(x)
+
+    sync = "torch.cuda.synchronize()" if x.is_cuda else "pass"
+    stmts = {
+        "dense forward": "model(x)",
+        "thesis-style episode (mask dense weights, dense forward)": "thesis_episode()",
+        "sliced view (this package)": "sliced_episode()",
+    }
+    env = {"model": model, "x": x, "thesis_episode": thesis_episode, "sliced_episode": sliced_episode}
+    timers = {
+        name: benchmark.Timer(stmt=f"with torch.no_grad():\n    {stmt}\n{sync}", globals=env,
+                              num_threads=torch.get_num_threads())  # fmt: skip
+        for name, stmt in stmts.items()
+    }
+    load = OtherLoad()
+    with evaluator.active(), torch.no_grad():
+        for fn in (lambda: model(x), thesis_episode, sliced_episode):  # warm-up: oneDNN primitives, allocator
+            fn()
+        ms = timed_ms(timers, args.rounds, args.min_run_time)
+
+    search(*setup(args.batch, args.device), 8)  # warm-up
+    model, x, y = setup(args.batch, args.device)  # a fresh model: the warm-up pruned its own
+    started = time.perf_counter()
+    result = search(model, x, y, args.episodes)
+    search_s = time.perf_counter() - started
+    ms["search episode (RLStructuredPruning, accuracy reward)"] = search_s / result.evaluations * 1e3
+
+    dense = ms["dense forward"]
+    rows = [[name, f"{value:.2f}", f"{value / dense:.3f}", f"{1e3 / value:.1f}"] for name, value in ms.items()]
+    title = (f"BasicCNN (960 filters) at init, reward batch {args.batch}x3x32x32, {AMOUNT:.0%} of the filters "
+             f"pruned, device {args.device}, {torch.get_num_threads()} threads; median over {args.rounds} "
+             f"interleaved round(s) of torch.utils.benchmark.Timer.blocked_autorange, no_grad, BN on batch "
+             f"statistics; the search row is one {result.evaluations}-episode search's wall time / episodes")  # fmt: skip
+    print_table(title, ["per episode", "ms", "x dense forward", "episodes/s"], rows)
+    print(load.report())
+    share = ms["sliced view (this package)"] / dense
+    search_share = ms["search episode (RLStructuredPruning, accuracy reward)"] / dense
+    print(f"\nsliced view: {share:.3f} of a dense forward (goal <= {GOAL}: {'met' if share <= GOAL else 'MISSED'}); "
+          f"whole search episode: {search_share:.3f}; thesis-style: "
+          f"{ms['thesis-style episode (mask dense weights, dense forward)'] / dense:.3f}")  # fmt: skip
+    return share
+
+
+def _peak(batch: int, device: str, episodes: int, queue: multiprocessing.Queue) -> None:
+    torch.set_num_threads(1)
+    model, x, y = setup(batch, device)
+    with torch.no_grad():
+        model(x)  # the dense forward pass every run pays once, so the baseline holds its buffers too
+    base_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    if episodes:
+        search(model, x, y, episodes)
+    cuda = torch.cuda.max_memory_allocated() if device.startswith("cuda") else None
+    queue.put((base_kib, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, cuda))
+
+
+# Every candidate has other tensor shapes. With glibc's default malloc settings and oneDNN's primitive cache, the
+# freed activations of hundreds of shapes stay in the process as fragments: the resident set grows by hundreds of
+# MiB over the first ~200 episodes, then levels off. Either setting below keeps it flat; both are read by a new
+# process only, hence the environment variables.
+ENVIRONMENTS = {
+    "": {},
+    "MALLOC_MMAP_THRESHOLD_=65536": {"MALLOC_MMAP_THRESHOLD_": "65536"},
+    "ONEDNN_PRIMITIVE_CACHE_CAPACITY=0": {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "0"},
+}
+
+
+def _in_fresh_process(env: dict[str, str], *args: object) -> tuple[int, int, int | None]:
+    context = multiprocessing.get_context("spawn")
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        queue = context.Queue()
+        process = context.Process(target=_peak, args=(*args, queue))
+        process.start()
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                del os.environ[key]
+            else:
+                os.environ[key] = value
+    result = queue.get()
+    process.join()
+    return result
+
+
+def peak_memory(args: argparse.Namespace) -> None:
+    """Peak memory of a search, each measurement in a fresh process (``ru_maxrss`` never goes down)."""
+    rows = []
+    runs = [("", 0)] + [(name, args.episodes) for name in ENVIRONMENTS if args.device == "cpu" or not name]
+    for name, episodes in runs:
+        base_kib, peak_kib, cuda = _in_fresh_process(ENVIRONMENTS[name], args.batch, args.device, episodes)
+        label = "set-up only (model, batch, one dense forward)" if episodes == 0 else f"{episodes}-episode RL search"
+        rows.append([label, name or "(default)", f"{peak_kib / 1024:.0f}", f"{(peak_kib - base_kib) / 1024:.0f}",
+                     "" if cuda is None else f"{cuda / 2**20:.0f}"])  # fmt: skip
+    print_table(f"Peak memory, each row a fresh process (1 thread), reward batch {args.batch}",
+                ["process", "environment", "peak RSS MiB", "peak RSS above set-up MiB", "CUDA max allocated MiB"], rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="batch 32, 40 episodes, short timings")
+    parser.add_argument("--batch", type=int, default=256, help="reward batch size (default: %(default)s)")
+    parser.add_argument("--episodes", type=int, default=500, help="episodes of the timed search (default: %(default)s)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=available_cores(),
+                        help="torch threads (default: the cores available, %(default)s here)")  # fmt: skip
+    args = parser.parse_args(argv)
+    args.rounds, args.min_run_time = (1, 0.2) if args.quick else (3, 1.0)
+    if args.quick:
+        args.batch, args.episodes = 32, 40
+    torch.set_num_threads(args.threads)
+    print_header(f"search_speed.py{' --quick' if args.quick else ''}")
+    started = time.perf_counter()
+    episode_table(args)
+    peak_memory(args)
+    print(f"\ntotal {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
