@@ -18,7 +18,9 @@ network's inputs and outputs, the outputs of ``Linear`` layers, and grouped (non
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import io
 import math
 import operator
 from collections.abc import Iterable, Iterator, Sequence
@@ -621,14 +623,16 @@ def trace(
                 f"To proceed, {hint}, or pass the channel groups explicitly."
             ) from exc
         gm = fx.GraphModule(model, graph)
+        # ShapeProp prints the traceback of a failing node to stderr before re-raising; the error below says it.
         try:
-            with torch.no_grad():
+            with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
                 ShapeProp(gm).propagate(*inputs)
         except Exception as exc:
             shapes = ", ".join(str(tuple(t.shape)) for t in inputs)
+            cause = exc.__cause__ or exc
             raise ValueError(
                 f"{caller}: the model does not run on example_inputs of shape {shapes} "
-                f"({type(exc).__name__}: {exc}). Pass inputs the model accepts, on the model's device."
+                f"({type(cause).__name__}: {cause}). Pass inputs the model accepts, on the model's device."
             ) from exc
     return gm
 

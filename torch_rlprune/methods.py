@@ -17,6 +17,7 @@ from .evaluation import CandidateEvaluator
 from .features import filter_features
 from .groups import CONV_TYPES, ChannelGroup, ChannelGroups, ExampleInputs, channel_groups
 from .masks import alive_channels, apply_channel_masks, effective_weight
+from .rewards import check_reward
 from .search import AnnealingStrategy, RandomStrategy, ReinforceStrategy, SearchResult, SearchStrategy, run_search
 from .selection import (
     NORMALIZATIONS,
@@ -106,7 +107,13 @@ def _check_method(pruning_method: Any, kwargs: dict[str, Any]) -> Callable[..., 
 def _per_channel(member_scores: torch.Tensor, group: ChannelGroup, member_index: int) -> torch.Tensor:
     """Pick a filter member's per-filter scores at the group's channels (a tied conv may see a slice)."""
     member = group.filters[member_index]
-    return member_scores.reshape(-1)[member.indices(torch.arange(group.size, device=member_scores.device))]
+    weight = getattr(member.module, "weight_orig", member.module.weight)
+    if member_scores.dim() != 1 or member_scores.shape[0] != weight.shape[0]:
+        raise ValueError(
+            f"{_CALLER}: the score of {member.name!r} has shape {tuple(member_scores.shape)}; it needs the weight's "
+            f"shape {tuple(weight.shape)} or one score per filter, ({weight.shape[0]},)."
+        )
+    return member_scores[member.indices(torch.arange(group.size, device=member_scores.device))]
 
 
 def _ln_scores(
@@ -396,7 +403,7 @@ class _SearchPruning(prune.BasePruningMethod):
 
         def evaluate(keep: torch.Tensor) -> float:
             setattr(module, name, orig * candidate_mask(keep))
-            return self.reward(module)
+            return check_reward(self.reward(module), self.reward)
 
         try:
             result = self.search(features, [n_alive], n_alive - n_prune, [keep_min], evaluate, orig.device)
@@ -437,7 +444,7 @@ class _SearchPruning(prune.BasePruningMethod):
 
         def evaluate(flat: torch.Tensor) -> float:
             with torch.no_grad():
-                return self.reward(evaluator.view(unflatten(flat)))
+                return check_reward(self.reward(evaluator.view(unflatten(flat))), self.reward)
 
         device = next(iter(model.parameters()), torch.empty(0)).device
         with evaluator.active():
