@@ -5,8 +5,9 @@ The data flows one way: a model is traced into channel groups (:func:`channel_gr
 ``torch.nn.utils.prune`` masks (:mod:`torch_rlprune.masks`) that :mod:`torch_rlprune.metrics` counts.
 """
 
-from . import criteria, metrics, models, rewards
+from . import criteria, lottery, metrics, models, rewards
 from .groups import ChannelGroup, ChannelGroups, Member, Role, channel_groups
+from .lottery import LotteryTicket, reinitialize, rewind
 from .masks import alive_channels, apply_channel_masks, effective_weight
 from .methods import (
     RandomSearchPruning,
@@ -39,5 +40,9 @@ __all__ = [
     "slim",
     "save",
     "load",
+    "lottery",
+    "LotteryTicket",
+    "rewind",
+    "reinitialize",
 ]
 __version__ = "0.1.0.dev0"

@@ -248,8 +248,28 @@ def _update_counts(module: nn.Module, tied: bool) -> None:
         module.in_features = module.weight.shape[1]
 
 
+#: Attribute of every sliced module: ``{dim: (size before any slicing, kept indices along dim)}``. Rewinding a
+#: sliced model (:func:`torch_rlprune.lottery.rewind`) slices a dense snapshot with it.
+KEPT_ATTR = "_rlprune_kept"
+
+
+def _record_kept(module: nn.Module, dim: int, keep: torch.Tensor) -> None:
+    kept = keep.nonzero().reshape(-1).cpu()
+    record = getattr(module, KEPT_ATTR, {})
+    if dim in record:  # sliced before: keep indices into the original, not into the previous slice
+        size, previous = record[dim]
+        kept = previous[kept]
+    else:
+        size = keep.numel()
+    # A new dict, so that a model copied before this slicing keeps its own record.
+    setattr(module, KEPT_ATTR, {**record, dim: (size, kept)})
+
+
 def apply_slices(vectors: KeepVectors, tied: set[nn.Module]) -> None:
     """Slice every module of ``vectors`` in place to its surviving entries and update its channel counts.
+
+    Every sliced module records, per sliced dim, its size before any slicing and the indices it kept (see
+    ``KEPT_ATTR``); slicing again composes the records.
 
     Args:
         vectors (KeepVectors): keep vectors keyed by the modules to slice.
@@ -260,6 +280,8 @@ def apply_slices(vectors: KeepVectors, tied: set[nn.Module]) -> None:
             for name, value in list(sliced_tensors(module, vectors)):
                 _set_tensor(module, name, value)
             _update_counts(module, module in tied)
+        for (module, dim), keep in vectors.items():
+            _record_kept(module, dim, keep)
 
 
 def _tensors_of(output: Any) -> list[torch.Tensor]:
@@ -352,6 +374,9 @@ def slim(
 
     With ``verify=True`` (the default) both models run on ``example_inputs`` in eval mode and ``slim`` raises if
     their outputs differ by more than the tolerance, naming the first submodule where they part.
+
+    Every sliced module remembers which of its original channels it kept, so that
+    :func:`torch_rlprune.lottery.rewind` can load a snapshot of the dense model into the sliced one.
 
     Args:
         model (torch.nn.Module): the masked model. A model without masks is returned as an equal copy (or as
