@@ -5,7 +5,7 @@ The data flows one way: a model is traced into channel groups (:func:`channel_gr
 ``torch.nn.utils.prune`` masks (:mod:`torch_rlprune.masks`) that :mod:`torch_rlprune.metrics` counts.
 """
 
-from . import criteria, lottery, metrics, models, rewards
+from . import criteria, data, lottery, metrics, models, rewards, training
 from .groups import ChannelGroup, ChannelGroups, Member, Role, channel_groups
 from .lottery import LotteryTicket, reinitialize, rewind
 from .masks import alive_channels, apply_channel_masks, effective_weight
@@ -21,6 +21,7 @@ from .slicing import slim
 
 __all__ = [
     "criteria",
+    "data",
     "metrics",
     "models",
     "ChannelGroup",
@@ -37,6 +38,7 @@ __all__ = [
     "SimulatedAnnealingPruning",
     "RandomSearchPruning",
     "rewards",
+    "training",
     "slim",
     "save",
     "load",
