@@ -54,6 +54,16 @@ class Blocks(nn.Module):
 
 
 @pytest.fixture
+def one_thread():
+    # For tests of small tensors: a second intra-op thread saves nothing, and on a busy 2-core machine every op
+    # would wait at OpenMP's barrier for a thread the scheduler has put aside (20-30x slower).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def blocks_net():
     return Blocks
 

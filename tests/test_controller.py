@@ -12,15 +12,7 @@ from torch_rlprune.controller import FilterPolicy, ReinforceController, entropy_
 BASIC_CNN_SIZES = [64, 128, 256, 512]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # The tensors here are small: a second intra-op thread saves nothing, and on a busy 2-core machine every op
-    # would wait at OpenMP's barrier for a thread the scheduler has put aside (20-30x slower).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # ---------------------------------------------------------------------------------------------------------------
 # Brute force on a tiny case

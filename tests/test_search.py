@@ -26,6 +26,7 @@ def planted(keep):
     return float((keep & HIDDEN).sum()) / N_KEEP
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_rl_solves_the_planted_problem_and_beats_random_search():
     rl = ReinforceStrategy(ReinforceController(torch.zeros(200, 1), SIZES, N_KEEP, FLOOR, seed=0))
     rl_result = run_search(rl, planted, episodes=BUDGET, batch=16, progress=False)
@@ -35,6 +36,7 @@ def test_rl_solves_the_planted_problem_and_beats_random_search():
     assert rl_result.evaluations == random_result.evaluations == BUDGET
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_annealing_improves_on_its_start():
     sa = AnnealingStrategy(SIZES, N_KEEP, FLOOR, episodes=BUDGET, t_start=0.05, seed=0)
     result = run_search(sa, planted, episodes=BUDGET, progress=False)
