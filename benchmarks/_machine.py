@@ -40,7 +40,7 @@ def available_cores() -> int:
 class OtherLoad:
     """How much of the machine's CPU time other processes used between ``start()`` and ``share()``.
 
-    Read from ``/proc/stat`` (all CPUs) minus this process's own CPU time; ``None`` where ``/proc/stat`` is missing.
+    Read from ``/proc/stat`` (all CPUs) minus the CPU time of this process and its waited-for children; ``None`` where ``/proc/stat`` is missing.
     On 2 cores a busy neighbour makes OpenMP threads wait for each other, which can slow convolutions many times
     over, so a table measured under load says so.
     """
@@ -61,14 +61,14 @@ class OtherLoad:
         return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK"), cpus
 
     def start(self) -> None:
-        self._t0, self._own0, self._busy0 = time.perf_counter(), sum(os.times()[:2]), self._busy()
+        self._t0, self._own0, self._busy0 = time.perf_counter(), sum(os.times()[:4]), self._busy()
 
     def share(self) -> float | None:
         busy = self._busy()
         if busy is None or self._busy0 is None:
             return None
         wall = time.perf_counter() - self._t0
-        other = busy[0] - self._busy0[0] - (sum(os.times()[:2]) - self._own0)
+        other = busy[0] - self._busy0[0] - (sum(os.times()[:4]) - self._own0)
         return max(0.0, other) / (wall * busy[1])
 
     def report(self) -> str:

@@ -2,7 +2,7 @@
 
 Run by hand (nothing here is collected by pytest)::
 
-    python benchmarks/distributed_search.py            # about 2 minutes on 2 CPU cores
+    python benchmarks/distributed_search.py            # about 1 minute on 2 CPU cores
     python benchmarks/distributed_search.py --quick    # a smoke run
 
 The same ``RLStructuredPruning`` search of BasicCNN's filters (70% pruned, a NegativeLoss reward on a batch of
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="batch 32, 16 episodes")
     parser.add_argument("--batch", type=int, default=256, help="reward batch size (default: %(default)s)")
-    parser.add_argument("--episodes", type=int, default=96, help="evaluations per search (default: %(default)s)")
+    parser.add_argument("--episodes", type=int, default=480, help="evaluations per search (default: %(default)s)")
     parser.add_argument("--world", type=int, default=2, help="processes of the distributed run (default: 2)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=available_cores(),

@@ -18,7 +18,7 @@ search's rewards do):
   (sampling, evaluation with the accuracy reward, policy updates, history) divided by its episodes.
 
 Then the peak memory of a ``--episodes`` long search, measured in a fresh process: its peak resident set size
-(``ru_maxrss``) beside that of the same process set up without searching, with the default allocator settings and
+(``VmHWM``) beside that of the same process set up without searching, with the default allocator settings and
 with two settings that keep the CPU allocator from holding on to freed memory, and
 ``torch.cuda.max_memory_allocated`` on a GPU.
 """
@@ -156,18 +156,34 @@ def episode_table(args: argparse.Namespace) -> float:
     return share
 
 
+def peak_rss_kib() -> int:
+    """This process's peak resident set size in KiB.
+
+    ``VmHWM`` where Linux has it: ``ru_maxrss`` survives ``execve``, so a spawned child would report its parent's
+    peak if the parent's was higher.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def _peak(batch: int, device: str, episodes: int, queue: multiprocessing.Queue) -> None:
     torch.set_num_threads(1)
     model, x, y = setup(batch, device)
     with torch.no_grad():
         model(x)  # the dense forward pass every run pays once, so the baseline holds its buffers too
-    base_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base_kib = peak_rss_kib()
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     if episodes:
         search(model, x, y, episodes)
     cuda = torch.cuda.max_memory_allocated() if device.startswith("cuda") else None
-    queue.put((base_kib, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, cuda))
+    queue.put((base_kib, peak_rss_kib(), cuda))
 
 
 # Every candidate has other tensor shapes. With glibc's default malloc settings and oneDNN's primitive cache, the
@@ -201,7 +217,7 @@ def _in_fresh_process(env: dict[str, str], *args: object) -> tuple[int, int, int
 
 
 def peak_memory(args: argparse.Namespace) -> None:
-    """Peak memory of a search, each measurement in a fresh process (``ru_maxrss`` never goes down)."""
+    """Peak memory of a search, each measurement in a fresh process (a peak never goes down)."""
     rows = []
     runs = [("", 0)] + [(name, args.episodes) for name in ENVIRONMENTS if args.device == "cpu" or not name]
     for name, episodes in runs:
