@@ -36,10 +36,8 @@ import argparse
 import copy
 import datetime
 import json
-import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -51,6 +49,7 @@ from torch.nn.utils import prune
 import torch_rlprune as rlp
 from _machine import OtherLoad, available_cores, human, print_header, print_table
 from torch_rlprune.data import ImageTensorDataset, batches, load_data
+from torch_rlprune.serialization import atomic_write
 from torch_rlprune.evaluation import CandidateEvaluator
 from torch_rlprune.training import evaluate, train
 
@@ -122,16 +121,7 @@ def run_key(method: str, k: int | None, sparsity: float, seed: int) -> str:
 
 def atomic_write_json(path: Path, payload: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: f.write(json.dumps(payload, indent=1).encode()))
 
 
 class Results:

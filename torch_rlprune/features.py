@@ -16,7 +16,6 @@ from torch import nn
 
 from . import criteria
 from .groups import ChannelGroup, ChannelGroups
-from .masks import effective_weight
 
 __all__ = ["FEATURE_NAMES", "feature_names", "filter_features"]
 
@@ -67,20 +66,6 @@ def _group_sum(group: ChannelGroup, scores: Scores, what: str) -> torch.Tensor:
             "return it."
         )
     return torch.stack(rows).sum(dim=0)
-
-
-def _norm_scale(group: ChannelGroup) -> torch.Tensor:
-    """Summed ``|gamma|`` of the group's norms per channel; a norm without affine weight scales by 1."""
-    channels = torch.arange(group.size)
-    total = torch.zeros(group.size, dtype=torch.float64)
-    for member in group.norms:
-        gamma = effective_weight(member.module, "weight")
-        if gamma is None:
-            total += member.expand
-        else:
-            rows = gamma.detach().abs().double().cpu()[member.indices(channels)]
-            total += rows.reshape(group.size, member.expand).sum(dim=1)
-    return total
 
 
 def filter_features(
@@ -170,7 +155,7 @@ def filter_features(
     for index, group in enumerate(groups):
         columns = [
             _relative(_group_sum(group, magnitude, "the L1 criterion")),
-            _relative(_norm_scale(group)) if group.norms else torch.ones(group.size, dtype=torch.float64),
+            _relative(criteria._gamma(group).double()) if group.norms else torch.ones(group.size, dtype=torch.float64),
             torch.full((group.size,), index / last, dtype=torch.float64),
             torch.full((group.size,), group.size / largest, dtype=torch.float64),
             torch.full((group.size,), math.log1p(group.size) / math.log1p(largest), dtype=torch.float64),
