@@ -6,6 +6,7 @@ unchanged.
 """
 
 import math
+import os
 
 import pytest
 import torch
@@ -129,6 +130,8 @@ CASES = [
     ("rl: no model", lambda m, t: search(m, model=None), TypeError, "model"),
     ("rl: resume from a corrupted checkpoint", lambda m, t: search(m, resume=corrupt(t, "bad.pt", b"garbage")), ValueError, "not a readable search checkpoint"),
     ("rl: resume from a truncated checkpoint", lambda m, t: search(m, resume=truncated_save(m, t)), ValueError, "search checkpoint"),
+    ("rl: checkpoint in a missing folder", lambda m, t: search(m, checkpoint=t / "no" / "such" / "search.pt"), ValueError, "cannot write the checkpoint"),
+    ("rl: checkpoint in a read-only folder", lambda m, t: search(m, checkpoint=_read_only(t) / "search.pt"), ValueError, "cannot write the checkpoint"),
     ("rl: one-layer apply without a reward", lambda m, t: rlp.rl_structured(m.features[0], "weight", 0.5, reward=None), TypeError, "reward"),
     # rewards
     ("accuracy: loader a tensor", lambda m, t: rlp.rewards.Accuracy(X), TypeError, "loader"),
@@ -158,6 +161,17 @@ CASES = [
     ("load: another architecture", lambda m, t: rlp.load(_saved_resnet(t), m, X[:1]), ValueError, "architecture"),
     ("load: missing file", lambda m, t: rlp.load(t / "nothing.pt", m, X[:1]), FileNotFoundError, "nothing.pt"),
 ]
+
+
+def _read_only(tmp_path):
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o500)
+    if os.access(folder, os.W_OK):  # root ignores permissions: make the folder a file's child instead
+        folder.chmod(0o700)
+        (tmp_path / "file").write_text("")
+        return tmp_path / "file"
+    return folder
 
 
 def _pruned_untraceable():

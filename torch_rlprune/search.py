@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -282,6 +283,19 @@ def _checkpoint(path: PathLike, strategy: SearchStrategy, result: SearchResult) 
     )
 
 
+def _check_writable(path: PathLike) -> None:
+    """Fail before the search, not after an hour of it, where the checkpoint cannot be written."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise ValueError(
+            f"run_search: cannot write the checkpoint {os.fspath(path)!r} ({exc.strerror or exc}); choose a folder "
+            "that exists and is writable."
+        ) from exc
+
+
 def _resume(path: PathLike, strategy: SearchStrategy, n_keep: int) -> SearchResult:
     try:
         state = torch.load(path, weights_only=True)
@@ -391,7 +405,7 @@ def run_search(
 
     Raises:
         ValueError: ``episodes`` or ``batch`` below 1, a reward that is NaN or infinite, a checkpoint of another
-            search.
+            search, a ``checkpoint`` path that cannot be written (checked before the first evaluation).
         TypeError: a reward that is not a number.
 
     Example:
@@ -410,6 +424,8 @@ def run_search(
     ranks = _Ranks(distributed)
     if not ranks.leader:
         writer, checkpoint, progress = None, None, False
+    if checkpoint is not None:
+        _check_writable(checkpoint)
     if resume is not None:
         result = _resume(resume, strategy, strategy.n_keep)
     else:
