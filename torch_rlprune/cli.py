@@ -48,6 +48,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import re
@@ -55,7 +56,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -351,15 +352,22 @@ def _existing_run(path: Path, needs: Sequence[tuple[str, str]]) -> None:
     _check_writable(path)
 
 
-def _writer(directory: str | None) -> Any:
+@contextlib.contextmanager
+def _writer(directory: str | None) -> Iterator[Any]:
+    """A TensorBoard writer for ``--tensorboard DIR`` (``None`` without it), closed however the step ends."""
     if directory is None:
-        return None
+        yield None
+        return
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         raise UsageError("--tensorboard needs TensorBoard: pip install tensorboard") from None
     _check_writable(Path(directory), "--tensorboard")
-    return SummaryWriter(log_dir=directory)
+    writer = SummaryWriter(log_dir=directory)
+    try:
+        yield writer
+    finally:
+        writer.close()
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -412,15 +420,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     config = _config(args)
     out = Path(args.out) if args.out else _default_out("run")
     _new_run_folder(out, args.overwrite, _all_outputs())
-    writer = _writer(args.tensorboard)
-    workspace = pl.Workspace(config)  # loads the data and checks the model on it before the run folder fills
-    log = RunLog(out / "log.txt", args.quiet, fresh=True)
-    log(f"{PROG} run -> {out}")
-    try:
+    with _writer(args.tensorboard) as writer:
+        workspace = pl.Workspace(config)  # loads the data and checks the model on it before the run folder fills
+        log = RunLog(out / "log.txt", args.quiet, fresh=True)
+        log(f"{PROG} run -> {out}")
         report = pl.run_pipeline(config, out, writer=writer, progress=not args.quiet, log=log, workspace=workspace)
-    finally:
-        if writer is not None:
-            writer.close()
     print(report.summary())
     print(f"run folder: {out} (report.md, model.pt: torch_rlprune.load(path, fresh_model, example_inputs))")
     return 0
@@ -446,16 +450,12 @@ def _cmd_search(args: argparse.Namespace) -> int:
     else:
         config = _config(args)
         _new_run_folder(out, args.overwrite, _all_outputs())
-    writer = _writer(args.tensorboard)
-    workspace = pl.Workspace(config)
-    log = RunLog(out / "log.txt", args.quiet, fresh=not args.resume)
-    log(f"{PROG} search -> {out}")
-    try:
+    with _writer(args.tensorboard) as writer:
+        workspace = pl.Workspace(config)
+        log = RunLog(out / "log.txt", args.quiet, fresh=not args.resume)
+        log(f"{PROG} search -> {out}")
         summary = pl.search_step(config, out, workspace=workspace, resume=args.resume, writer=writer,
                                  progress=not args.quiet, log=log)  # fmt: skip
-    finally:
-        if writer is not None:
-            writer.close()
     rows = [("layer", "kept", "dense")] + [(n, str(k), str(t)) for n, (k, t) in summary["filters_per_layer"].items()]
     kept = sum(k for k, _ in summary["filters_per_layer"].values())
     total = sum(t for _, t in summary["filters_per_layer"].values())
@@ -502,14 +502,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if ((out / "model.pt").exists() or (out / "report.json").exists()) and not args.overwrite:
         raise UsageError(f"{out} already holds a trained model.pt or a report; pass --overwrite to replace them.")
     config = _step_config(out, args)
-    writer = _writer(args.tensorboard)
-    log = RunLog(out / "log.txt", args.quiet)
-    log(f"{PROG} train -> {out}")
-    try:
+    with _writer(args.tensorboard) as writer:
+        log = RunLog(out / "log.txt", args.quiet)
+        log(f"{PROG} train -> {out}")
         report = pl.train_step(out, workspace=pl.Workspace(config), writer=writer, progress=not args.quiet, log=log)
-    finally:
-        if writer is not None:
-            writer.close()
     print(report.summary())
     print(f"run folder: {out}")
     return 0
