@@ -30,7 +30,7 @@ from torch.nn.utils import prune
 
 from . import metrics
 from .groups import ExampleInputs
-from .serialization import atomic_save
+from .serialization import atomic_save, read_checked
 from .slicing import KEPT_ATTR, _copy
 
 __all__ = ["Snapshot", "LotteryTicket", "rewind", "reinitialize", "iterative_pruning", "RoundRecord"]
@@ -186,12 +186,7 @@ class Snapshot:
             FileNotFoundError: there is no such file.
             ValueError: the file is not a whole torch-rlprune snapshot.
         """
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise
-        except Exception as exc:
-            raise ValueError(f"{path} is not a readable snapshot ({type(exc).__name__}: {exc}).") from exc
+        data = read_checked(path, "snapshot", "Snapshot.load", "cpu")
         return cls.from_dict(data, source=str(path))
 
     def __repr__(self) -> str:

@@ -76,7 +76,7 @@ from .masks import alive_channels, apply_channel_masks
 from .methods import RandomSearchPruning, RLStructuredPruning, SimulatedAnnealingPruning, global_structured
 from .metrics import filters_per_layer, model_stats
 from .rewards import Accuracy, MACsAware, NegativeLoss
-from .serialization import atomic_save, load, save
+from .serialization import atomic_save, load, read_checked, save
 from .slicing import KEPT_ATTR, slim
 from .training import evaluate, train
 
@@ -448,12 +448,7 @@ def load_mask(path: PathLike, model: nn.Module, example_inputs: Any) -> nn.Modul
     Raises:
         ValueError: the file is not a mask, or was saved from another architecture.
     """
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as error:
-        raise ValueError(f"{path} is not a readable mask file ({type(error).__name__}: {error}).") from None
+    data = read_checked(path, "mask file", "load_mask", "cpu")
     if not isinstance(data, dict) or data.get("format") != MASK_FORMAT:
         raise ValueError(f"{path} is not a mask file written by torch_rlprune.pipeline.save_mask.")
     by_key = {tuple(_group_key(g)): g for g in channel_groups(model, example_inputs)}

@@ -22,7 +22,7 @@ import torch
 
 from .controller import ReinforceController, sample_keep
 from .rewards import check_reward
-from .serialization import atomic_save
+from .serialization import atomic_save, read_checked
 
 __all__ = [
     "SearchStrategy",
@@ -297,12 +297,7 @@ def _check_writable(path: PathLike) -> None:
 
 
 def _resume(path: PathLike, strategy: SearchStrategy, n_keep: int) -> SearchResult:
-    try:
-        state = torch.load(path, weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as exc:
-        raise ValueError(f"resume: {path} is not a readable search checkpoint ({type(exc).__name__}: {exc}).") from exc
+    state = read_checked(path, "search checkpoint", "resume")
     mine = (strategy.kind, list(strategy.group_sizes), n_keep)
     theirs = (state.get("kind"), state.get("group_sizes"), state.get("n_keep")) if isinstance(state, dict) else None
     if theirs != mine:

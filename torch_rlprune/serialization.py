@@ -49,6 +49,16 @@ def atomic_write(path: PathLike, write: Callable[[IO[bytes]], None]) -> None:
         raise
 
 
+def read_checked(path: PathLike, what: str, caller: str, map_location: Any = None) -> Any:
+    """``torch.load(path, weights_only=True)``; any failure but a missing file becomes a ``ValueError`` naming ``what``."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:
+        raise ValueError(f"{caller}: {path} is not a readable {what} ({type(exc).__name__}: {exc}).") from exc
+
+
 def atomic_save(obj: Any, path: PathLike) -> None:
     """``torch.save`` through :func:`atomic_write`."""
     atomic_write(path, lambda f: torch.save(obj, f))
@@ -139,12 +149,7 @@ def load(
     Raises:
         ValueError: the file is not a torch-rlprune save, or comes from another architecture.
     """
-    try:
-        data = torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as exc:
-        raise ValueError(f"load: {path} is not a readable torch-rlprune file ({type(exc).__name__}: {exc}).") from exc
+    data = read_checked(path, "torch-rlprune file", "load", map_location)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ValueError(f"load: {path} is not a file written by torch_rlprune.save.")
     if data.get("version") != VERSION:
