@@ -27,7 +27,7 @@ does; the examples and the quickstart call them too. One run, for a :class:`Pipe
 ``search.pt``         the search checkpoint (search methods only); ``torch-rlprune search --resume`` continues it
 ``history.csv``       one row per evaluated mask: episode, reward, best reward so far, the method's statistics
 ``search.json``       the search: method, reward, time, evaluations, best reward, filters per layer
-``mask.pt``           the mask: kept filter indices per channel group (:func:`save_mask`, :func:`load_mask`)
+``mask.pt``           the mask: kept filter indices of every pruned channel group (:func:`save_mask`, :func:`load_mask`)
 ``ticket.pt``         the pruned network at the rewind point, sliced (:func:`torch_rlprune.save`; load it with
                       :func:`torch_rlprune.load` into a fresh model of the architecture)
 ``model.pt``          the trained pruned network, sliced (:func:`torch_rlprune.save` / :func:`torch_rlprune.load`)
@@ -76,7 +76,7 @@ from .masks import alive_channels, apply_channel_masks
 from .methods import RandomSearchPruning, RLStructuredPruning, SimulatedAnnealingPruning, global_structured
 from .metrics import filters_per_layer, model_stats
 from .rewards import Accuracy, MACsAware, NegativeLoss
-from .serialization import atomic_save, load, read_checked, save
+from .serialization import atomic_save, group_records, load, match_records, read_checked, save
 from .slicing import KEPT_ATTR, slim
 from .training import evaluate, train
 
@@ -412,10 +412,6 @@ class Workspace:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _group_key(group: Any) -> list[str]:
-    return sorted(member.name for member in group.producers)
-
-
 def save_mask(model: nn.Module, path: PathLike, example_inputs: Any) -> None:
     """Write the kept filters of a masked model, per channel group, to ``path`` (atomically).
 
@@ -437,9 +433,8 @@ def save_mask(model: nn.Module, path: PathLike, example_inputs: Any) -> None:
         True
     """
     groups = channel_groups(model, example_inputs)
-    atomic_save({"format": MASK_FORMAT, "version": 1,
-                 "groups": [{"producers": _group_key(g), "size": g.size, "kept": alive_channels(g).nonzero().reshape(-1)}
-                            for g in groups]}, path)  # fmt: skip
+    records = group_records(groups, [alive_channels(g) for g in groups])
+    atomic_save({"format": MASK_FORMAT, "version": 1, "groups": records}, path)
 
 
 def load_mask(path: PathLike, model: nn.Module, example_inputs: Any) -> nn.Module:
@@ -451,21 +446,8 @@ def load_mask(path: PathLike, model: nn.Module, example_inputs: Any) -> nn.Modul
     data = read_checked(path, "mask file", "load_mask", "cpu")
     if not isinstance(data, dict) or data.get("format") != MASK_FORMAT:
         raise ValueError(f"{path} is not a mask file written by torch_rlprune.pipeline.save_mask.")
-    by_key = {tuple(_group_key(g)): g for g in channel_groups(model, example_inputs)}
-    groups, keeps = [], []
-    for entry in data["groups"]:
-        group = by_key.get(tuple(entry["producers"]))
-        if group is None or group.size != entry["size"]:
-            raise ValueError(
-                f"{path} masks the channels of {', '.join(entry['producers'])} ({entry['size']} channels), which this "
-                "model does not have; build the model exactly as the run did (same --model, --width and data)."
-            )
-        keep = torch.zeros(group.size, dtype=torch.bool)
-        keep[entry["kept"]] = True
-        if not keep.all():
-            groups.append(group)
-            keeps.append(keep)
-    apply_channel_masks(groups, keeps)
+    matched = match_records(channel_groups(model, example_inputs), data["groups"], path, "load_mask")
+    apply_channel_masks([g for g, _ in matched], [k for _, k in matched])
     return model
 
 

@@ -101,25 +101,30 @@ def save(
         {
             "format": FORMAT,
             "version": VERSION,
-            "groups": [
-                {"producers": list(_key(g)), "size": g.size, "kept": k.nonzero().reshape(-1)}
-                for g, k in zip(groups, keeps)
-                if not k.all()
-            ],
+            "groups": group_records(groups, keeps),
             "state_dict": sliced.state_dict(),
         },
         path,
     )
 
 
-def _matched(groups: Sequence[ChannelGroup], stored: list[dict[str, Any]], path: PathLike) -> list[tuple[ChannelGroup, torch.Tensor]]:
+def group_records(groups: Sequence[ChannelGroup], keeps: Sequence[torch.Tensor]) -> list[dict[str, Any]]:
+    """The kept channels of every group that lost some, each group named by its producer convs."""
+    return [{"producers": list(_key(g)), "size": g.size, "kept": k.nonzero().reshape(-1)}
+            for g, k in zip(groups, keeps) if not k.all()]  # fmt: skip
+
+
+def match_records(
+    groups: Sequence[ChannelGroup], stored: list[dict[str, Any]], path: PathLike, caller: str
+) -> list[tuple[ChannelGroup, torch.Tensor]]:
+    """Each record of :func:`group_records` paired with the group of ``groups`` it names, as a keep mask."""
     by_key = {_key(g): g for g in groups}
     matched = []
     for entry in stored:
         group = by_key.get(tuple(entry["producers"]))
         if group is None or group.size != entry["size"]:
             raise ValueError(
-                f"load: {path} was saved from another architecture: it prunes the channels produced by "
+                f"{caller}: {path} was saved from another architecture: it prunes the channels produced by "
                 f"{', '.join(entry['producers'])} ({entry['size']} channels), which this model does not have. "
                 "Build the model exactly as it was built before pruning."
             )
@@ -156,7 +161,7 @@ def load(
         raise ValueError(f"load: {path} has format version {data.get('version')}; this release reads {VERSION}.")
     if prune.is_pruned(model):
         raise ValueError("load: pass a fresh, unpruned instance of the saved architecture.")
-    matched = _matched(channel_groups(model, example_inputs), data["groups"], path)
+    matched = match_records(channel_groups(model, example_inputs), data["groups"], path, "load")
     apply_channel_masks([g for g, _ in matched], [k for _, k in matched])
     slim(model, example_inputs, inplace=True, verify=False)
     try:
