@@ -16,6 +16,7 @@ from torch.nn.utils import prune
 import torch_rlprune as rlp
 from torch_rlprune.controller import ReinforceController
 from torch_rlprune.evaluation import CandidateEvaluator
+from torch_rlprune.lottery import LotteryTicket, Snapshot, rewind
 from torch_rlprune.search import AnnealingStrategy, RandomStrategy, run_search
 
 from conftest import conv_pairs
@@ -86,6 +87,7 @@ CASES = [
     ("groups: inputs not tensors", lambda m, t: rlp.channel_groups(m, [[1.0]]), TypeError, "tensor"),
     ("groups: wrong input channels", lambda m, t: rlp.channel_groups(m, torch.randn(1, 4, 32, 32)), ValueError, "example_inputs"),
     ("groups: wrong input size", lambda m, t: rlp.channel_groups(m, torch.randn(1, 3, 16, 16)), ValueError, "example_inputs"),
+    ("groups: inputs on another device", lambda m, t: rlp.channel_groups(m, X[:1].to("meta")), ValueError, "on meta but the model's parameters are on cpu"),
     ("groups: untraceable model", lambda m, t: rlp.channel_groups(Untraceable(), X[:1]), ValueError, "trace"),
     # global_structured
     ("gs: amount below 0", lambda m, t: gs(m, amount=-0.1), ValueError, "amount"),
@@ -100,6 +102,7 @@ CASES = [
     ("gs: not a conv weight", lambda m, t: rlp.global_structured([(m.fc, "weight")], prune.LnStructured, n=1, amount=0.5, model=m, example_inputs=X[:1]), ValueError, "conv"),
     ("gs: unstructured method", lambda m, t: gs(m, prune.L1Unstructured), TypeError, "structured"),
     ("gs: method not a pruning method", lambda m, t: gs(m, int), TypeError, "pruning_method"),
+    ("gs: inputs on another device", lambda m, t: gs(m, example_inputs=X[:1].to("meta")), ValueError, ".to('cpu')"),
     ("gs: unknown criterion", lambda m, t: gs(m, "l7"), ValueError, "l7"),
     ("gs: LnStructured without n", lambda m, t: rlp.global_structured(convs(m), prune.LnStructured, amount=0.5, model=m, example_inputs=X[:1]), TypeError, "n"),
     ("gs: model not a module", lambda m, t: gs(m, model="net"), TypeError, "model"),
@@ -111,6 +114,8 @@ CASES = [
     ("gs: importance score of the wrong shape", lambda m, t: rlp.global_structured(convs(m), prune.LnStructured, {(m.features[0], "weight"): torch.ones(3)}, n=1, amount=0.5, model=m, example_inputs=X[:1]), ValueError, "shape"),
     # criteria
     ("snip: targets of another batch size", lambda m, t: gs(m, "snip", inputs=X, targets=Y[:3]), ValueError, "batch"),
+    ("snip: batch on another device", lambda m, t: gs(m, "snip", inputs=X.to("meta"), targets=Y), ValueError, "inputs and targets are on meta"),
+    ("synflow: inputs on another device", lambda m, t: rlp.criteria.synflow(m, X[:1].to("meta")), ValueError, "example_inputs are on meta"),
     ("snip: inputs not tensors", lambda m, t: gs(m, "snip", inputs="x", targets=Y), TypeError, "tensor"),
     ("same_sign: snapshot of another model", lambda m, t: gs(m, "same_sign", init_state=nn.Conv2d(1, 1, 1).state_dict()), ValueError, "init_state"),
     # search methods
@@ -150,12 +155,20 @@ CASES = [
     ("evaluator: keep masks of the wrong count", lambda m, t: CandidateEvaluator(m, rlp.channel_groups(m, X[:1]), X[:1]).view([torch.ones(16, dtype=torch.bool)]), ValueError, "one keep mask per group"),
     # metrics
     ("metrics: model not a module", lambda m, t: rlp.metrics.model_stats(None, X[:1]), TypeError, "Module"),
+    ("metrics: inputs on another device", lambda m, t: rlp.metrics.count_macs(m, X[:1].to("meta")), ValueError, "on meta"),
     ("metrics: wrong input shape", lambda m, t: rlp.metrics.count_macs(m, torch.randn(1, 3, 8, 8)), ValueError, "example_inputs"),
     # slim, save, load
     ("slim: model not a module", lambda m, t: rlp.slim("net", X[:1]), TypeError, "Module"),
     ("slim: wrong input shape", lambda m, t: rlp.slim(m, torch.randn(1, 3, 16, 16)), ValueError, "example_inputs"),
+    ("slim: inputs on another device", lambda m, t: rlp.slim(m, X[:1].to("meta")), ValueError, "on meta"),
     ("slim: masks disagree in a coupled group", lambda m, t: rlp.slim(m, X[:1]), ValueError, "features"),
     ("slim: untraceable model", lambda m, t: rlp.slim(_pruned_untraceable(), X[:1]), ValueError, "trace"),
+    # lottery
+    ("rewind: snapshot of another width", lambda m, t: rewind(m, Snapshot.capture(rlp.models.BasicCNN(width=0.5))), ValueError, "does not fit this model"),
+    ("rewind: to a number", lambda m, t: rewind(m, 3), TypeError, "cannot rewind to a int"),
+    ("rewind: corrupted snapshot file", lambda m, t: rewind(m, corrupt(t, "init.pt", b"junk")), ValueError, "snapshot"),
+    ("ticket: unknown snapshot name", lambda m, t: LotteryTicket(m).rewind(m, "epoch9"), ValueError, "no snapshot named 'epoch9'"),
+    ("ticket: negative epoch", lambda m, t: LotteryTicket(m, epochs=(-1,)), ValueError, "non-negative int"),
     ("load: not a save file", lambda m, t: rlp.load(corrupt(t, "x.pt", b"junk"), m, X[:1]), ValueError, "torch-rlprune"),
     ("load: truncated save file", lambda m, t: rlp.load(truncated_save(m, t), m, X[:1]), ValueError, "torch-rlprune"),
     ("load: another architecture", lambda m, t: rlp.load(_saved_resnet(t), m, X[:1]), ValueError, "architecture"),
@@ -194,7 +207,7 @@ def _disagreeing(model):
 
 
 # Cases about a pruned model get it pruned first; the model must then stay as the preparation left it.
-PREPARE = {"slim: wrong input shape": gs, "slim: masks disagree in a coupled group": _disagreeing}
+PREPARE = {"slim: wrong input shape": gs, "slim: inputs on another device": gs, "rewind: snapshot of another width": gs, "slim: masks disagree in a coupled group": _disagreeing}
 
 
 def _saved_resnet(tmp_path):

@@ -28,7 +28,15 @@ from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.utils import prune
 
 from ._state import preserved_state
-from .groups import CONV_TYPES, ChannelGroup, ChannelGroups, ExampleInputs, as_input_tuple, channel_groups
+from .groups import (
+    CONV_TYPES,
+    ChannelGroup,
+    ChannelGroups,
+    ExampleInputs,
+    as_input_tuple,
+    channel_groups,
+    check_device,
+)
 from .masks import alive_channels, effective_weight
 from .selection import channels_to_prune, min_keep_counts, select_channels
 
@@ -382,6 +390,7 @@ def snip(
     """
     convs = _named_convs(model, "snip")
     inputs = _check_batch(inputs, targets)
+    check_device(model, (*inputs, targets), "snip", "inputs and targets")
     # A pruned conv computes with weight_orig * weight_mask; the gradient of weight_orig is the masked gradient,
     # so |weight_orig * grad| is the sensitivity of the weight the conv actually uses.
     # A weight shared by several convs must stay one tensor, or functional_call refuses the untied values.
@@ -551,7 +560,7 @@ def synflow(
     convs = _named_convs(model, caller)
     ones = tuple(
         torch.ones_like(x, dtype=torch.float64 if x.is_floating_point() else x.dtype)
-        for x in as_input_tuple(example_inputs, caller)
+        for x in as_input_tuple(example_inputs, caller, model)
     )
     groups = _resolve_groups(model, example_inputs, groups, caller)
     if isinstance(iterations, bool) or not isinstance(iterations, numbers.Integral):

@@ -98,7 +98,7 @@ class CandidateEvaluator:
         self.names = {m: n for n, m in model.named_modules()}
         self._tied = {m.module for g in self.groups for m in g.tied}
         self._hooked = pruning_hooks(model)
-        inputs = as_input_tuple(example_inputs, "CandidateEvaluator")
+        inputs = as_input_tuple(example_inputs, "CandidateEvaluator", model)
         self._positions = metrics._output_positions(model, inputs, "CandidateEvaluator")
         self._batch = metrics._batch_size(inputs)
 

@@ -350,7 +350,7 @@ def _stats(
     positions = None
     batch_size = 1
     if with_macs:
-        inputs = as_input_tuple(example_inputs, caller)
+        inputs = as_input_tuple(example_inputs, caller, model)
         # Run before tracing so that inputs of the wrong shape are reported by this function, in its own words.
         positions = _output_positions(model, inputs, caller)
         batch_size = _batch_size(inputs)

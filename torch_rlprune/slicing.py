@@ -417,7 +417,7 @@ def slim(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"slim: model must be a torch.nn.Module, got {type(model).__name__}.")
-    inputs = as_input_tuple(example_inputs, "slim")
+    inputs = as_input_tuple(example_inputs, "slim", model)
     if not prune.is_pruned(model):
         return model if inplace else _copy(model)
     if groups is None:
