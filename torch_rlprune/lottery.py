@@ -283,6 +283,11 @@ def _plan(model: nn.Module, snapshot: Snapshot, caller: str) -> list[tuple[torch
     plan = []
     for key, target in targets.items():
         source = _source_for(key, target, snapshot, modules, caller)
+        if source.is_meta:
+            raise ValueError(
+                f"{caller}: snapshot {snapshot.name!r} holds no values for {key!r}: it is a meta tensor. Capture "
+                "snapshots of a model whose weights are materialised (after model.to_empty(...) and initialisation)."
+            )
         if source.shape != target.shape:
             raise ValueError(
                 f"{caller}: snapshot {snapshot.name!r} does not fit this model: {key!r} should have shape "
@@ -314,6 +319,8 @@ def rewind(model: nn.Module, to: SnapshotLike) -> nn.Module:
     schedule) is the caller's to reset, usually by building a new optimizer.
 
     Everything is checked before anything is written: if the snapshot does not fit, ``model`` is left as it was.
+    A failure while writing (out of memory, Ctrl-C) puts back the values already overwritten, from a copy of the
+    model's tensors that ``rewind`` holds until it returns.
 
     Where ``slim`` folded constants into consumer biases (pruned channels whose bias or norm shift was left
     unmasked) or made masks it could not slice permanent, the rewound sliced model holds the snapshot's plain
@@ -349,10 +356,18 @@ def rewind(model: nn.Module, to: SnapshotLike) -> nn.Module:
     _check_model(model, "rewind")
     snapshot = _resolve(to, "rewind")
     plan = _plan(model, snapshot, "rewind")
-    with torch.no_grad():
-        for target, source in plan:
-            target.copy_(source)
-    _refresh_pruned(model)
+    backup = [target.detach().clone() for target, _ in plan]
+    try:
+        with torch.no_grad():
+            for target, source in plan:
+                target.copy_(source)
+        _refresh_pruned(model)
+    except BaseException:
+        with torch.no_grad():
+            for (target, _), old in zip(plan, backup):
+                target.copy_(old)
+        _refresh_pruned(model)
+        raise
     return model
 
 
