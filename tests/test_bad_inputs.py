@@ -152,6 +152,8 @@ CASES = [
     ("controller: n_keep above the filters", lambda m, t: ReinforceController(torch.zeros(4, 1), [4], 5, [1]), ValueError, "n_keep"),
     ("controller: unknown baseline", lambda m, t: ReinforceController(torch.zeros(4, 1), [4], 2, [1], baseline="median"), ValueError, "baseline"),
     ("evaluator: unknown norms", lambda m, t: CandidateEvaluator(m, rlp.channel_groups(m, X[:1]), X[:1], norms="group"), ValueError, "norms"),
+    ("evaluator: unknown mode", lambda m, t: CandidateEvaluator(m, rlp.channel_groups(m, X[:1]), X[:1], mode="prune"), ValueError, "mode"),
+    ("rl: unknown evaluation", lambda m, t: search(m, evaluation="dense"), ValueError, "evaluation must be"),
     ("evaluator: keep masks of the wrong count", lambda m, t: CandidateEvaluator(m, rlp.channel_groups(m, X[:1]), X[:1]).view([torch.ones(16, dtype=torch.bool)]), ValueError, "one keep mask per group"),
     # metrics
     ("metrics: model not a module", lambda m, t: rlp.metrics.model_stats(None, X[:1]), TypeError, "Module"),

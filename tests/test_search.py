@@ -106,7 +106,8 @@ def test_resume_refuses_a_checkpoint_of_another_search(tmp_path):
 
 @pytest.mark.parametrize("make", [torchvision.models.mobilenet_v2, torchvision.models.resnet18])
 @pytest.mark.parametrize("norms", ["eval", "batch"])
-def test_candidate_view_computes_what_the_masked_model_computes(make, norms):
+@pytest.mark.parametrize("mode", ["slice", "mask"])
+def test_candidate_view_computes_what_the_masked_model_computes(make, norms, mode):
     torch.manual_seed(0)
     model = make(num_classes=10)
     for m in model.modules():
@@ -117,7 +118,7 @@ def test_candidate_view_computes_what_the_masked_model_computes(make, norms):
     keep = [torch.rand(g.size) < 0.4 for g in groups]
     for k in keep:
         k[0] = True
-    evaluator = CandidateEvaluator(model, groups, x[:1], norms=norms)
+    evaluator = CandidateEvaluator(model, groups, x[:1], norms=norms, mode=mode)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with evaluator.active(), torch.no_grad():
         got = evaluator.view(keep)(x)
@@ -133,7 +134,8 @@ def test_candidate_view_computes_what_the_masked_model_computes(make, norms):
     assert evaluator.view(keep).macs() == rlp.metrics.count_macs(model, x[:1])
 
 
-def test_candidate_view_of_a_pruned_model_composes_masks_and_leaves_its_tensors():
+@pytest.mark.parametrize("mode", ["slice", "mask"])
+def test_candidate_view_of_a_pruned_model_composes_masks_and_leaves_its_tensors(mode):
     torch.manual_seed(0)
     model = rlp.models.BasicCNN(width=0.25).eval()
     x = torch.randn(4, 3, 32, 32)
@@ -142,7 +144,7 @@ def test_candidate_view_of_a_pruned_model_composes_masks_and_leaves_its_tensors(
     keep = [alive_channels(g) & (torch.rand(g.size) < 0.7) for g in groups]
     for k, g in zip(keep, groups):
         k[alive_channels(g).nonzero()[0]] = True
-    evaluator = CandidateEvaluator(model, groups, x[:1], norms="eval")
+    evaluator = CandidateEvaluator(model, groups, x[:1], norms="eval", mode=mode)
     with evaluator.active(), torch.no_grad():
         got = evaluator.view(keep)(x)
     # The pruning hooks recompute `weight` inside the view's call; what they leave must be the model's own.
@@ -151,6 +153,26 @@ def test_candidate_view_of_a_pruned_model_composes_masks_and_leaves_its_tensors(
     apply_channel_masks(groups, keep)
     with torch.no_grad():
         assert torch.allclose(got, model(x), atol=1e-5)
+
+
+def test_auto_evaluation_slices_on_the_cpu_and_masks_elsewhere():
+    model, x, _ = small_problem()
+    groups = rlp.channel_groups(model, x[:1])
+    assert CandidateEvaluator(model, groups, x[:1]).mode == "slice"
+    with torch.device("meta"):
+        ghost = rlp.models.BasicCNN(width=0.25)
+    assert CandidateEvaluator(ghost, rlp.channel_groups(ghost, x[:1].to("meta")), x[:1].to("meta")).mode == "mask"
+
+
+def test_both_evaluations_find_the_same_mask():
+    masks = []
+    for mode in ("slice", "mask"):
+        model, x, y = small_problem()
+        rlp.global_structured(conv_pairs(model), rlp.RLStructuredPruning, amount=0.5, model=model,
+                              example_inputs=x[:1], reward=rlp.rewards.Accuracy([(x, y)]), episodes=24, seed=0,
+                              evaluation=mode, progress=False)  # fmt: skip
+        masks.append(torch.cat([alive_channels(g) for g in rlp.channel_groups(model, x[:1])]))
+    assert torch.equal(*masks)
 
 
 def test_searching_a_pruned_model_again_prunes_its_alive_filters():

@@ -1,11 +1,17 @@
-"""Evaluating candidate keep-sets fast: the sliced tensors of the model, run without copying it.
+"""Evaluating candidate keep-sets fast: the model's own modules run on candidate tensors, without copying it.
 
-A search evaluates hundreds of candidate masks. Copying the model for each, or masking the dense weights and
-running the dense network (what the method's original implementation did), costs a dense forward pass per
-candidate whatever the sparsity. Here a candidate runs the model's own modules through
-:func:`torch.func.functional_call` with every channel-group tensor index-selected to the kept channels, so the
-forward pass is that of the sliced network and its cost falls with sparsity. Nothing of the model is modified,
-except the ``groups`` count of tied depthwise convs, which is set for the duration of the call and restored.
+A search evaluates hundreds of candidate masks. Copying the model for each costs more than the evaluation. Here
+a candidate runs the model's own modules through :func:`torch.func.functional_call` on substituted tensors, in
+one of two ways:
+
+- ``"slice"``: every channel-group tensor index-selected to the kept channels, so the forward pass is that of the
+  sliced network and its cost falls with sparsity. Each candidate has new tensor shapes, which a GPU pays for
+  (cuDNN chooses its kernels per shape), while a CPU gains the full saving.
+- ``"mask"``: every channel-group weight and bias multiplied by its keep vector, as the method's original
+  implementation did: a dense forward pass per candidate, but always the same shapes.
+
+Both compute what the candidate-masked model computes. Nothing of the model is modified, except (with
+``"slice"``) the ``groups`` count of tied depthwise convs, which is set for the duration of the call and restored.
 """
 
 from __future__ import annotations
@@ -31,7 +37,8 @@ class CandidateModel(nn.Module):
     """A view of a model with only a candidate's channels: calling it computes what the sliced model computes.
 
     It is what a reward callable receives during a search. It computes exactly what the candidate-masked model
-    computes (up to float rounding), at the cost of the sliced network. Its parameters are the original model's.
+    computes (up to float rounding), at the cost of the sliced network (``mode="slice"``) or of the dense one
+    (``mode="mask"``). Its parameters are the original model's.
 
     Attributes:
         keep (list of torch.Tensor): the candidate, one boolean keep mask per channel group.
@@ -44,19 +51,50 @@ class CandidateModel(nn.Module):
         self._evaluator = evaluator
         self._vectors = vectors
         names = evaluator.names
+        substitute = sliced_tensors if evaluator.mode == "slice" else masked_tensors
         self._tensors = {
             f"{names[module]}.{name}" if names[module] else name: tensor
             for module in {m for m, _ in vectors}
-            for name, tensor in sliced_tensors(module, vectors)
+            for name, tensor in substitute(module, vectors)
         }
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        with self._evaluator.patched(self._vectors):
+        with self._evaluator.patched(self._vectors if self._evaluator.mode == "slice" else {}):
             return functional_call(self.model, self._tensors, args, kwargs, strict=False)
 
     def macs(self) -> int:
         """Multiply-accumulates per example of the sliced network (as :func:`torch_rlprune.metrics.count_macs`)."""
         return self._evaluator.macs(self._vectors)
+
+
+def masked_tensors(module: nn.Module, vectors: KeepVectors) -> Iterator[tuple[str, torch.Tensor]]:
+    """The weights and biases of ``module`` that ``vectors`` cut, multiplied by their keep vectors.
+
+    The counterpart of :func:`torch_rlprune.slicing.sliced_tensors` that keeps every shape: a pruned channel's
+    filter rows, bias and norm entries become zero, and so do a consumer's weight columns that read it (which makes
+    the result exact even where a pruned channel would carry a constant). A pruned module's ``<name>_orig`` is
+    scaled, and its hook multiplies by ``<name>_mask`` as usual.
+
+    Args:
+        module (torch.nn.Module): a member of some channel groups.
+        vectors (KeepVectors): from :func:`torch_rlprune.masks.keep_vectors`.
+
+    Yields:
+        ``(name, tensor)`` for every parameter of ``module`` that a pruned channel zeroes, with its own shape.
+    """
+    out, inp = vectors.get((module, 0)), vectors.get((module, 1))
+    for name, tensor in module.named_parameters(recurse=False):
+        base = name.removesuffix("_orig")
+        if base not in ("weight", "bias"):
+            continue
+        scaled = tensor
+        for dim, keep in ((0, out), (1, inp if base == "weight" else None)):
+            if keep is not None and tensor.dim() > dim:
+                shape = [1] * tensor.dim()
+                shape[dim] = -1
+                scaled = scaled * keep.to(device=tensor.device, dtype=tensor.dtype).view(shape)
+        if scaled is not tensor:
+            yield name, scaled
 
 
 class CandidateEvaluator:
@@ -71,6 +109,9 @@ class CandidateEvaluator:
             with each batch's own statistics, which is what a network at initialisation or early in training
             needs, since its running statistics describe weights that no longer exist once channels are cut;
             ``"eval"`` uses the running statistics. Running statistics are restored afterwards either way.
+        mode (str): how a view runs: ``"slice"`` (the sliced network), ``"mask"`` (the dense network with the
+            pruned channels' weights zeroed), or ``"auto"`` (default): ``"slice"`` on the CPU, ``"mask"`` on a
+            GPU. See the module description.
 
     Example:
         >>> import torch
@@ -88,10 +129,23 @@ class CandidateEvaluator:
     """
 
     def __init__(
-        self, model: nn.Module, groups: Sequence[ChannelGroup], example_inputs: ExampleInputs, norms: str = "batch"
+        self,
+        model: nn.Module,
+        groups: Sequence[ChannelGroup],
+        example_inputs: ExampleInputs,
+        norms: str = "batch",
+        mode: str = "auto",
     ) -> None:
         if norms not in ("batch", "eval"):
             raise ValueError(f"CandidateEvaluator: norms must be 'batch' or 'eval', got {norms!r}.")
+        if mode not in ("auto", "slice", "mask"):
+            raise ValueError(f"CandidateEvaluator: mode must be 'auto', 'slice' or 'mask', got {mode!r}.")
+        if mode == "auto":
+            on_cpu = all(p.device.type == "cpu" for p in model.parameters())
+            mode = "slice" if on_cpu else "mask"
+        #: ``"slice"`` or ``"mask"``: how views run (``"auto"`` resolved).
+        self.mode = mode
+        self._device = next(iter(model.parameters()), torch.empty(0)).device
         self.model = model
         self.groups = list(groups)
         self.norms = norms
@@ -106,7 +160,10 @@ class CandidateEvaluator:
         """The model restricted to the channels ``keep`` marks, one boolean tensor per group."""
         if len(keep) != len(self.groups):
             raise ValueError(f"view: need one keep mask per group ({len(self.groups)}), got {len(keep)}.")
-        return CandidateModel(self, keep, keep_vectors(self.groups, keep))
+        vectors = keep_vectors(self.groups, keep)
+        if self.mode == "mask":  # one copy to the device per vector, not one per tensor it scales
+            vectors = {key: v.to(self._device) for key, v in vectors.items()}
+        return CandidateModel(self, keep, vectors)
 
     def macs(self, vectors: KeepVectors) -> int:
         return metrics.ModelStats(metrics._layer_stats(self.model, vectors, self._positions, self._batch)).macs_kept

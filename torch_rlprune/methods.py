@@ -312,6 +312,7 @@ class _SearchPruning(prune.BasePruningMethod):
         seed: int | None = None,
         min_keep: float | int = 1,
         norms: str = "batch",
+        evaluation: str = "auto",
         progress: bool = True,
         writer: Any = None,
         callbacks: Sequence[Callable[[dict[str, Any]], None]] = (),
@@ -340,7 +341,9 @@ class _SearchPruning(prune.BasePruningMethod):
                             f"{', '.join(self.option_names) or 'no method options'}.")  # fmt: skip
         self.amount, self.reward, self.dim = amount, reward, dim
         self.episodes, self.batch, self.seed = episodes, batch or self.default_batch, seed
-        self.min_keep, self.norms, self.options = min_keep, norms, options
+        if evaluation not in ("auto", "slice", "mask"):
+            raise ValueError(f"{name}: evaluation must be 'auto', 'slice' or 'mask', got {evaluation!r}.")
+        self.min_keep, self.norms, self.evaluation, self.options = min_keep, norms, evaluation, options
         self.run_options = {"progress": progress, "writer": writer, "callbacks": callbacks, "checkpoint": checkpoint,
                             "checkpoint_every": checkpoint_every, "resume": resume,
                             "distributed": distributed}  # fmt: skip
@@ -431,7 +434,7 @@ class _SearchPruning(prune.BasePruningMethod):
         check_budget(sizes, n_prune, floors, type(self).__name__)
         rows = torch.cat([a for a in alive])
         features = filter_features(model, groups, saliency=self.options.get("saliency"))[rows]
-        evaluator = CandidateEvaluator(model, groups, example_inputs, norms=self.norms)
+        evaluator = CandidateEvaluator(model, groups, example_inputs, norms=self.norms, mode=self.evaluation)
         bounds = torch.tensor([0, *sizes]).cumsum(0).tolist()
 
         def unflatten(flat: torch.Tensor) -> list[torch.Tensor]:
@@ -471,10 +474,10 @@ class RLStructuredPruning(_SearchPruning):
     :class:`torch_rlprune.controller.ReinforceController`). The best keep-set seen becomes the mask.
 
     Through :func:`torch_rlprune.global_structured` the search runs over the channel groups of a whole model and
-    each candidate is evaluated on the sliced network (see :class:`torch_rlprune.evaluation.CandidateModel`):
+    each candidate is evaluated without a copy of the model (see :class:`torch_rlprune.evaluation.CandidateModel`):
     ``reward`` receives a module that computes what the candidate-masked model computes, with batch norms
-    normalising by the batch's own statistics (``norms="batch"``; ``"eval"`` uses the running statistics),
-    without deep copies and at a cost that falls with sparsity. The model's weights, buffers, modes and
+    normalising by the batch's own statistics (``norms="batch"``; ``"eval"`` uses the running statistics); on the
+    CPU it runs the sliced network, at a cost that falls with sparsity. The model's weights, buffers, modes and
     ``requires_grad`` are as before once the search ends; only the masks are new.
 
     Args:
@@ -488,6 +491,9 @@ class RLStructuredPruning(_SearchPruning):
         min_keep (int or float): filters each layer keeps at least. Default: 1.
         norms (str): ``"batch"`` or ``"eval"``, the statistics batch norms use while evaluating. Default:
             ``"batch"``.
+        evaluation (str): how a candidate runs: ``"slice"`` (the sliced network), ``"mask"`` (the dense one with
+            the pruned weights zeroed) or ``"auto"``, slicing on the CPU and masking on a GPU (see
+            :class:`torch_rlprune.evaluation.CandidateEvaluator`). Default: ``"auto"``.
         progress (bool): tqdm progress bar where installed. Default: ``True``.
         writer (SummaryWriter, optional): TensorBoard writer for the search history.
         callbacks (sequence of callable): called with every history record.
