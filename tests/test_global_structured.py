@@ -199,7 +199,7 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("change, error, message", BAD, ids=[str(b[0])[:40] for b in BAD])
+@pytest.mark.parametrize("change, error, message", BAD, ids=[f"{i}-{'-'.join(b[0])}" for i, b in enumerate(BAD)])  # stable ids: no tensor reprs
 def test_bad_input_is_refused_and_model_unchanged(change, error, message):
     model = rlp.models.BasicCNN(width=0.25)
     before = {k: v.clone() for k, v in model.state_dict().items()}
