@@ -5,17 +5,21 @@ Run by hand (nothing here is collected by pytest)::
     python benchmarks/search_speed.py            # the full run: about 2 minutes on 2 CPU cores
     python benchmarks/search_speed.py --quick    # a smoke run: well under a minute
 
-BasicCNN at initialisation, a reward batch of 256 CIFAR-sized inputs, 70% of the filters pruned. Timed side by
+BasicCNN (or ``--model resnet18``) at initialisation, a reward batch of 256 CIFAR-sized inputs, 70% of the filters
+pruned. Timed side by
 side with :class:`torch.utils.benchmark.Timer` (no grad; batch norms normalise by the batch's statistics, as the
 search's rewards do):
 
 - ``dense forward``: the unpruned network on the batch, the unit every other row is divided by;
 - ``thesis-style episode``: what the method's original implementation did per candidate: multiply the dense
   weights (conv, bias, BN) by the candidate's channel masks and run the dense network;
-- ``sliced view``: this package's evaluation, :class:`torch_rlprune.evaluation.CandidateModel`: index-select the
-  kept channels of every tensor and run the sliced network through :func:`torch.func.functional_call`;
+- ``sliced view``: this package's evaluation, :class:`torch_rlprune.evaluation.CandidateModel` with
+  ``mode="slice"``: index-select the kept channels of every tensor and run the sliced network through
+  :func:`torch.func.functional_call`;
+- ``masked view``: the same with ``mode="mask"``: the package's version of the thesis-style episode;
 - ``search episode``: a whole ``RLStructuredPruning`` search through :func:`torch_rlprune.global_structured`
-  (sampling, evaluation with the accuracy reward, policy updates, history) divided by its episodes.
+  (sampling, evaluation with the accuracy reward, policy updates, history) divided by its episodes; it evaluates
+  with ``evaluation="auto"``, which slices on the CPU and masks on a GPU.
 
 Then the peak memory of a ``--episodes`` long search, measured in a fresh process: its peak resident set size
 (``VmHWM``) beside that of the same process set up without searching, with the default allocator settings and
@@ -34,6 +38,7 @@ import sys
 import time
 
 import torch
+import torchvision
 from torch import nn
 from torch.func import functional_call
 from torch.utils import benchmark
@@ -48,9 +53,9 @@ GOAL = 0.25  # one episode should cost at most this share of a dense forward pas
 AMOUNT = 0.7
 
 
-def setup(batch: int, device: str) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+def setup(batch: int, device: str, arch: str = "basiccnn") -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     torch.manual_seed(0)
-    model = rlp.models.BasicCNN().to(device)
+    model = (rlp.models.BasicCNN() if arch == "basiccnn" else torchvision.models.resnet18(num_classes=10)).to(device)
     x = torch.randn(batch, 3, 32, 32, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
     return model, x, y
@@ -95,10 +100,11 @@ def search(model: nn.Module, x: torch.Tensor, y: torch.Tensor, episodes: int) ->
 
 
 def episode_table(args: argparse.Namespace) -> float:
-    """Print the per-episode costs; return the sliced view's cost as a share of a dense forward pass."""
-    model, x, y = setup(args.batch, args.device)
+    """Print the per-episode costs; return the default evaluation's cost as a share of a dense forward pass."""
+    model, x, y = setup(args.batch, args.device, args.model)
     groups = rlp.channel_groups(model, x[:1])
-    evaluator = CandidateEvaluator(model, groups, x[:1], norms="batch")
+    evaluators = {mode: CandidateEvaluator(model, groups, x[:1], norms="batch", mode=mode) for mode in ("slice", "mask")}
+    auto = CandidateEvaluator(model, groups, x[:1]).mode
     # As in a search, candidates keep other channel counts each time, so most calls meet new tensor shapes
     # (oneDNN builds its kernels per shape); 512 are more than the timed calls of one row.
     keeps = random_keeps(groups, 512)
@@ -113,28 +119,33 @@ def episode_table(args: argparse.Namespace) -> float:
         return functional_call(model, masked_dense_tensors(model, vectors[next_index()]), (x,), strict=False)
 
     def sliced_episode() -> torch.Tensor:
-        return evaluator.view(keeps[next_index()])(x)
+        return evaluators["slice"].view(keeps[next_index()])(x)
+
+    def masked_episode() -> torch.Tensor:
+        return evaluators["mask"].view(keeps[next_index()])(x)
 
     sync = "torch.cuda.synchronize()" if x.is_cuda else "pass"
     stmts = {
         "dense forward": "model(x)",
         "thesis-style episode (mask dense weights, dense forward)": "thesis_episode()",
-        "sliced view (this package)": "sliced_episode()",
+        "sliced view (mode='slice')": "sliced_episode()",
+        "masked view (mode='mask')": "masked_episode()",
     }
-    env = {"model": model, "x": x, "thesis_episode": thesis_episode, "sliced_episode": sliced_episode}
+    env = {"model": model, "x": x, "thesis_episode": thesis_episode, "sliced_episode": sliced_episode,
+           "masked_episode": masked_episode}  # fmt: skip
     timers = {
         name: benchmark.Timer(stmt=f"with torch.no_grad():\n    {stmt}\n{sync}", globals=env,
                               num_threads=torch.get_num_threads())  # fmt: skip
         for name, stmt in stmts.items()
     }
     load = OtherLoad()
-    with evaluator.active(), torch.no_grad():
-        for fn in (lambda: model(x), thesis_episode, sliced_episode):  # warm-up: oneDNN primitives, allocator
+    with evaluators["slice"].active(), torch.no_grad():
+        for fn in (lambda: model(x), thesis_episode, sliced_episode, masked_episode):  # warm-up: kernels, allocator
             fn()
         ms = timed_ms(timers, args.rounds, args.min_run_time)
 
-    search(*setup(args.batch, args.device), 8)  # warm-up
-    model, x, y = setup(args.batch, args.device)  # a fresh model: the warm-up pruned its own
+    search(*setup(args.batch, args.device, args.model), 8)  # warm-up
+    model, x, y = setup(args.batch, args.device, args.model)  # a fresh model: the warm-up pruned its own
     started = time.perf_counter()
     result = search(model, x, y, args.episodes)
     search_s = time.perf_counter() - started
@@ -142,15 +153,17 @@ def episode_table(args: argparse.Namespace) -> float:
 
     dense = ms["dense forward"]
     rows = [[name, f"{value:.2f}", f"{value / dense:.3f}", f"{1e3 / value:.1f}"] for name, value in ms.items()]
-    title = (f"BasicCNN (960 filters) at init, reward batch {args.batch}x3x32x32, {AMOUNT:.0%} of the filters "
+    filters = sum(g.size for g in groups)
+    title = (f"{args.model} ({filters} filters) at init, reward batch {args.batch}x3x32x32, {AMOUNT:.0%} of the filters "
              f"pruned, device {args.device}, {torch.get_num_threads()} threads; median over {args.rounds} "
              f"interleaved round(s) of torch.utils.benchmark.Timer.blocked_autorange, no_grad, BN on batch "
              f"statistics; the search row is one {result.evaluations}-episode search's wall time / episodes")  # fmt: skip
     print_table(title, ["per episode", "ms", "x dense forward", "episodes/s"], rows)
     print(load.report())
-    share = ms["sliced view (this package)"] / dense
+    share = ms["sliced view (mode='slice')" if auto == "slice" else "masked view (mode='mask')"] / dense
     search_share = ms["search episode (RLStructuredPruning, accuracy reward)"] / dense
-    print(f"\nsliced view: {share:.3f} of a dense forward (goal <= {GOAL}: {'met' if share <= GOAL else 'MISSED'}); "
+    print(f"\nevaluation='auto' is {auto!r} here: {share:.3f} of a dense forward (goal <= {GOAL}: "
+          f"{'met' if share <= GOAL else 'MISSED'}); "
           f"whole search episode: {search_share:.3f}; thesis-style: "
           f"{ms['thesis-style episode (mask dense weights, dense forward)'] / dense:.3f}")  # fmt: skip
     return share
@@ -172,9 +185,9 @@ def peak_rss_kib() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def _peak(batch: int, device: str, episodes: int, queue: multiprocessing.Queue) -> None:
+def _peak(batch: int, device: str, arch: str, episodes: int, queue: multiprocessing.Queue) -> None:
     torch.set_num_threads(1)
-    model, x, y = setup(batch, device)
+    model, x, y = setup(batch, device, arch)
     with torch.no_grad():
         model(x)  # the dense forward pass every run pays once, so the baseline holds its buffers too
     base_kib = peak_rss_kib()
@@ -221,11 +234,11 @@ def peak_memory(args: argparse.Namespace) -> None:
     rows = []
     runs = [("", 0)] + [(name, args.episodes) for name in ENVIRONMENTS if args.device == "cpu" or not name]
     for name, episodes in runs:
-        base_kib, peak_kib, cuda = _in_fresh_process(ENVIRONMENTS[name], args.batch, args.device, episodes)
+        base_kib, peak_kib, cuda = _in_fresh_process(ENVIRONMENTS[name], args.batch, args.device, args.model, episodes)
         label = "set-up only (model, batch, one dense forward)" if episodes == 0 else f"{episodes}-episode RL search"
         rows.append([label, name or "(default)", f"{peak_kib / 1024:.0f}", f"{(peak_kib - base_kib) / 1024:.0f}",
                      "" if cuda is None else f"{cuda / 2**20:.0f}"])  # fmt: skip
-    print_table(f"Peak memory, each row a fresh process (1 thread), reward batch {args.batch}",
+    print_table(f"Peak memory of {args.model}, each row a fresh process (1 thread), reward batch {args.batch}",
                 ["process", "environment", "peak RSS MiB", "peak RSS above set-up MiB", "CUDA max allocated MiB"], rows)
 
 
@@ -235,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=256, help="reward batch size (default: %(default)s)")
     parser.add_argument("--episodes", type=int, default=500, help="episodes of the timed search (default: %(default)s)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
+    parser.add_argument("--model", default="basiccnn", choices=["basiccnn", "resnet18"], help="(default: %(default)s)")
     parser.add_argument("--threads", type=int, default=available_cores(),
                         help="torch threads (default: the cores available, %(default)s here)")  # fmt: skip
     args = parser.parse_args(argv)
