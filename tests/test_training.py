@@ -1,4 +1,5 @@
 import copy
+import math
 
 import pytest
 import torch
@@ -81,6 +82,21 @@ def test_seed_makes_training_reproducible_and_keeps_the_global_rng():
     state = torch.get_rng_state()
     train(model, batch, epochs=1, seed=9)
     assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_seeded_training_works_with_the_fork_rng_of_older_torch(monkeypatch):
+    # torch 2.11 (the oldest release supported) runs torch.device(device_type) on fork_rng's argument, which
+    # refuses None; a seeded CPU training on a machine with CUDA failed that way before.
+    real = torch.random.fork_rng
+
+    def fork_rng(devices=None, enabled=True, device_type="cuda", **kwargs):
+        torch.device(device_type)
+        return real(devices=devices, enabled=enabled, device_type=device_type, **kwargs)
+
+    monkeypatch.setattr(torch.random, "fork_rng", fork_rng)
+    model, batch = nn.Linear(2, 2), [(torch.randn(4, 2), torch.tensor([0, 1, 0, 1]))]
+    history = train(model, batch, epochs=1, seed=9)
+    assert len(history) == 1 and math.isfinite(history[0]["loss"])
 
 
 def test_modes_are_restored_and_evaluate_runs_in_eval_mode():

@@ -163,8 +163,10 @@ def train(
     history: list[dict[str, Any]] = []
     rng = None
     if seed is not None:
+        # The CPU's state is always forked. Leave device_type out for a CPU model: before 2.12 torch parsed it
+        # (default "cuda") and refused None.
         on_cpu = device.type == "cpu"
-        rng = torch.random.fork_rng(devices=[] if on_cpu else None, device_type=None if on_cpu else device.type)
+        rng = torch.random.fork_rng(devices=[]) if on_cpu else torch.random.fork_rng(device_type=device.type)
     with contextlib.ExitStack() as stack:
         stack.enter_context(_modes_restored(model))
         if rng is not None:
