@@ -345,6 +345,16 @@ def test_model_that_does_not_take_the_images(tmp_path):
     assert not any((tmp_path / "run").iterdir())  # the folder was only checked; a rerun needs no --overwrite
 
 
+def test_an_error_from_inside_torch_is_flagged_as_unforeseen(tmp_path, monkeypatch):
+    monkeypatch.setattr(pipeline, "run_pipeline", lambda *args, **kwargs: torch.device(None))
+    status, _, err = run_main(["run", *QUICK, "--out", str(tmp_path / "run")])
+    assert status == 1 and len(err.strip().splitlines()) == 1
+    assert "TypeError in " in err and "did not foresee: rerun with --traceback and report it" in err
+    # The package's own errors carry no such note.
+    status, _, err = run_main(["run", "--model", "vit_b_16", "--workers", "1", "--out", str(tmp_path / "vit")])
+    assert status == 1 and "does not run on" in err and "did not foresee" not in err
+
+
 def test_traceback_flag_shows_the_error(tmp_path):
     with pytest.raises(Exception, match="unknown model"):
         main(["run", "--model", "resnet81", "--traceback", "--out", str(tmp_path / "x")])

@@ -545,6 +545,17 @@ def _one_line(error: BaseException) -> str:
     return text or type(error).__name__
 
 
+def _unexpected(error: BaseException) -> str:
+    """A note for an error raised outside this package (and not about a file), which no check of ours foresaw."""
+    frame = error.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    where = Path(frame.tb_frame.f_code.co_filename) if frame is not None else None
+    if where is None or isinstance(error, OSError) or Path(__file__).parent in where.parents:
+        return ""
+    return f" ({type(error).__name__} in {where.name}, which this package did not foresee: rerun with --traceback and report it)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     r"""Run the ``torch-rlprune`` command line with ``argv`` (default: ``sys.argv[1:]``); return the exit status.
 
@@ -577,7 +588,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError, FileNotFoundError) as error:
         if traceback:
             raise
-        print(f"{PROG}: error: {_one_line(error)}", file=sys.stderr)
+        print(f"{PROG}: error: {_one_line(error)}{_unexpected(error)}", file=sys.stderr)
         return 1
     except ImportError as error:
         if traceback or "pip install" not in str(error):
