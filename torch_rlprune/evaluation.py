@@ -5,8 +5,9 @@ a candidate runs the model's own modules through :func:`torch.func.functional_ca
 one of two ways:
 
 - ``"slice"``: every channel-group tensor index-selected to the kept channels, so the forward pass is that of the
-  sliced network and its cost falls with sparsity. Each candidate has new tensor shapes, which a GPU pays for
-  (cuDNN chooses its kernels per shape), while a CPU gains the full saving.
+  sliced network and its cost falls with sparsity. On a GPU it costs more than masking: every candidate has new
+  tensor shapes, which pay per-shape set-up costs that a GPU's fast kernels do not earn back (measured in
+  ``benchmarks/search_speed.py``).
 - ``"mask"``: every channel-group weight and bias multiplied by its keep vector, as the method's original
   implementation did: a dense forward pass per candidate, but always the same shapes.
 
@@ -30,7 +31,7 @@ from .groups import ChannelGroup, ExampleInputs, as_input_tuple
 from .masks import KeepVectors, keep_vectors
 from .slicing import pruning_hooks, sliced_tensors
 
-__all__ = ["CandidateEvaluator", "CandidateModel"]
+__all__ = ["CandidateEvaluator", "CandidateModel", "masked_tensors"]
 
 
 class CandidateModel(nn.Module):
@@ -81,6 +82,17 @@ def masked_tensors(module: nn.Module, vectors: KeepVectors) -> Iterator[tuple[st
 
     Yields:
         ``(name, tensor)`` for every parameter of ``module`` that a pruned channel zeroes, with its own shape.
+
+    Example:
+        >>> import torch
+        >>> import torch_rlprune as rlp
+        >>> from torch_rlprune.masks import keep_vectors
+        >>> model = rlp.models.BasicCNN()
+        >>> groups = rlp.channel_groups(model, torch.randn(1, 3, 32, 32))
+        >>> vectors = keep_vectors(groups[:1], [torch.arange(64) < 10])
+        >>> weight = dict(masked_tensors(model.features[4], vectors))["weight"]
+        >>> weight.shape, int(weight.flatten(2).any(2).any(0).sum())
+        (torch.Size([128, 64, 3, 3]), 10)
     """
     out, inp = vectors.get((module, 0)), vectors.get((module, 1))
     for name, tensor in module.named_parameters(recurse=False):
