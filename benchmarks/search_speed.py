@@ -38,7 +38,6 @@ import sys
 import time
 
 import torch
-import torchvision
 from torch import nn
 from torch.func import functional_call
 from torch.utils import benchmark
@@ -55,7 +54,12 @@ AMOUNT = 0.7
 
 def setup(batch: int, device: str, arch: str = "basiccnn") -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     torch.manual_seed(0)
-    model = (rlp.models.BasicCNN() if arch == "basiccnn" else torchvision.models.resnet18(num_classes=10)).to(device)
+    if arch == "basiccnn":
+        model = rlp.models.BasicCNN().to(device)
+    else:
+        import torchvision
+
+        model = torchvision.models.resnet18(num_classes=10).to(device)
     x = torch.randn(batch, 3, 32, 32, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
     return model, x, y
