@@ -1,0 +1,238 @@
+"""The settings of a pipeline run: :class:`PipelineConfig`, the method and reward names, and the model it builds."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+import torch
+from torch import nn
+
+from ..methods import RandomSearchPruning, RLStructuredPruning, SimulatedAnnealingPruning
+
+PathLike = Union[str, os.PathLike]
+Log = Callable[[str], Any]
+
+#: Search methods, rewarded on validation data, and their pruning method classes.
+SEARCH_METHODS = {"rl": RLStructuredPruning, "sa": SimulatedAnnealingPruning, "random": RandomSearchPruning}
+#: Every method name: the search methods, then the criteria of :mod:`torch_rlprune.criteria` (no data needed,
+#: except ``"snip"``, which scores one training batch, and ``"same_sign"``, which compares with the init weights).
+#: ``"random"`` is the best of ``episodes`` random masks (random search); ``"random_mask"`` is one random mask.
+METHODS = (*SEARCH_METHODS, "l1", "l2", "snip", "synflow", "bn_scale", "same_sign", "random_mask")
+#: Rewards of the search methods: validation accuracy, minus the validation loss, AMC's ``-error * log(MACs)``.
+REWARDS = ("accuracy", "loss", "macs")
+
+
+def _silent(message: str) -> None:
+    pass
+
+
+@dataclass
+class PipelineConfig:
+    r"""The settings of one pipeline run; every field has the default of ``torch-rlprune run``.
+
+    Args:
+        model (str): ``"basiccnn"`` or a torchvision classification model such as ``"resnet18"`` (built with
+            ``torchvision.models.get_model(name, num_classes=...)``, untrained). Default: ``"basiccnn"``.
+        width (float): filter multiplier of ``"basiccnn"``. Default: 1.0.
+        data (str): ``"digits"`` (offline), ``"cifar10"`` or ``"imagefolder:PATH"``. Default: ``"digits"``.
+        data_root (str, optional): the folder of ``"cifar10"``.
+        download (bool): let ``"cifar10"`` download the data. Default: ``False``.
+        image_size (int, optional): resize the images. Default: the dataset's size.
+        val_fraction (float): fraction of the training data held out as the validation split the search is
+            rewarded on. Default: 0.1.
+        augment (bool, optional): random crops and flips while training. Default: on, except for ``"digits"``.
+        method (str): one of :data:`METHODS`. Default: ``"rl"``.
+        amount (float): fraction of the filters to prune, in (0, 1). Default: 0.7.
+        min_keep (int or float): filters every layer keeps at least, as a count (int) or as a fraction of the
+            layer's filters (float, rounded up). Default: 0.05, a floor that keeps a search at high sparsity from
+            starving the early layers (see :doc:`search`).
+        episodes (int): masks a search method evaluates. Default: 300.
+        reward (str): one of :data:`REWARDS`. Default: ``"accuracy"``.
+        reward_batches (int): validation batches each reward reads. Default: 2.
+        rewind_epoch (int): ``k``, the epoch whose weights the mask is searched at (0: at init). Default: 2.
+        rewind_to (str): ``"init"`` or ``"k"``: where the kept filters are rewound before the final training.
+            Default: ``"init"``.
+        epochs (int): training epochs of the dense control and of the pruned network. Default: 8.
+        batch_size (int): training and evaluation batch size. Default: 128.
+        lr (float): initial learning rate of SGD with a cosine schedule. Default: 0.05.
+        seed (int): seeds the validation split, the initialisation, the data order and the search. Default: 0.
+        device (str): ``"cpu"``, ``"cuda"``, ... Default: ``"cpu"``.
+        latency_batch (int): batch size of the CPU latency measurement. Default: 8.
+        latency_threads (int): CPU threads of the latency measurement; one thread gives numbers that other jobs
+            on the machine disturb least. Default: 1.
+        latency_time (float): seconds each latency measurement runs at least. Default: 0.5.
+    """
+
+    model: str = "basiccnn"
+    width: float = 1.0
+    data: str = "digits"
+    data_root: str | None = None
+    download: bool = False
+    image_size: int | None = None
+    val_fraction: float = 0.1
+    augment: bool | None = None
+    method: str = "rl"
+    amount: float = 0.7
+    min_keep: float | int = 0.05
+    episodes: int = 300
+    reward: str = "accuracy"
+    reward_batches: int = 2
+    rewind_epoch: int = 2
+    rewind_to: str = "init"
+    epochs: int = 8
+    batch_size: int = 128
+    lr: float = 0.05
+    seed: int = 0
+    device: str = "cpu"
+    latency_batch: int = 8
+    latency_threads: int = 1
+    latency_time: float = 0.5
+
+    def validate(self) -> PipelineConfig:
+        """Check every setting; raise a ``ValueError`` naming the first bad one and its fix. Returns ``self``."""
+        check_model_name(self.model)
+        if self.model != "basiccnn" and self.width != 1.0:
+            raise ValueError(f"width applies to basiccnn only; {self.model} is built at its own width.")
+        _positive("width", self.width, float)
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}.")
+        if self.reward not in REWARDS:
+            raise ValueError(f"unknown reward {self.reward!r}; choose one of {', '.join(REWARDS)}.")
+        if isinstance(self.amount, bool) or not isinstance(self.amount, (int, float)) or not 0 < self.amount < 1:
+            raise ValueError(
+                f"amount must be a fraction of the filters strictly between 0 and 1 (0.7 prunes 70%), got "
+                f"{self.amount!r}."
+            )
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"val_fraction must lie strictly between 0 and 1, got {self.val_fraction!r}.")
+        for name in ("episodes", "reward_batches", "epochs", "batch_size", "latency_batch", "latency_threads"):
+            _positive(name, getattr(self, name), int)
+        mk = self.min_keep
+        if isinstance(mk, bool) or not isinstance(mk, (int, float)) or mk < 0 or (isinstance(mk, float) and mk > 1):
+            raise ValueError(f"min_keep must be a count >= 0 (int) or a fraction in [0, 1] (float), got {mk!r}.")
+        for name in ("rewind_epoch", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {value!r}.")
+        if self.rewind_epoch > self.epochs:
+            raise ValueError(
+                f"rewind_epoch ({self.rewind_epoch}) is beyond the {self.epochs} training epochs; the mask is "
+                "searched at epoch k of the dense training, so use k <= epochs."
+            )
+        if self.rewind_to not in ("init", "k"):
+            raise ValueError(f"rewind_to must be 'init' or 'k' (the rewind epoch), got {self.rewind_to!r}.")
+        _positive("lr", self.lr, float)
+        _positive("latency_time", self.latency_time, float)
+        if self.image_size is not None:
+            _positive("image_size", self.image_size, int)
+        kind, _, path = self.data.partition(":")
+        if kind == "imagefolder" and path and not Path(path).expanduser().is_dir():
+            raise ValueError(f"the data folder {path} does not exist; give the folder holding train/ and test/.")
+        if kind == "cifar10":
+            if self.data_root is None:
+                raise ValueError("--data cifar10 needs --data-root DIR, the folder holding cifar-10-batches-py.")
+            if not self.download and not Path(self.data_root).expanduser().is_dir():
+                raise ValueError(
+                    f"the data root {self.data_root} does not exist; pass the folder holding "
+                    "cifar-10-batches-py, or add --download to fetch CIFAR-10 into it."
+                )
+        elif kind not in ("digits", "imagefolder") or (kind == "digits" and path):
+            raise ValueError(f"unknown data {self.data!r}; use digits, cifar10 or imagefolder:PATH.")
+        if self.data_root is not None and kind != "cifar10" and not Path(self.data_root).expanduser().is_dir():
+            raise ValueError(f"the data root {self.data_root} does not exist.")
+        try:
+            device = torch.device(self.device)
+        except RuntimeError as error:
+            raise ValueError(f"unknown device {self.device!r} ({error}); use cpu, cuda or cuda:N.") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {self.device!r} was asked for, but CUDA is not available here; use cpu.")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as a JSON-ready dict."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PipelineConfig:
+        """Settings from :meth:`to_dict` (unknown keys are ignored, missing ones take their defaults)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    @property
+    def searches(self) -> bool:
+        """Whether :attr:`method` searches by reward (and so writes a search checkpoint and history)."""
+        return self.method in SEARCH_METHODS
+
+    @property
+    def rewind_name(self) -> str:
+        """The snapshot the kept filters are rewound to before the final training."""
+        return snapshot_name(self.rewind_epoch if self.rewind_to == "k" else 0)
+
+
+def _positive(name: str, value: Any, kind: type) -> None:
+    types = (int, float) if kind is float else (int,)
+    if isinstance(value, bool) or not isinstance(value, types) or not value > 0 or not math.isfinite(value):
+        raise ValueError(f"{name} must be a positive {'number' if kind is float else 'int'}, got {value!r}.")
+
+
+def snapshot_name(epoch: int) -> str:
+    """``"init"`` for epoch 0, ``"epoch<k>"`` otherwise: the names :class:`~torch_rlprune.LotteryTicket` uses."""
+    return "init" if epoch == 0 else f"epoch{epoch}"
+
+
+def model_names() -> list[str]:
+    """The model names :class:`PipelineConfig` accepts: ``"basiccnn"`` and torchvision's classification models.
+
+    Example:
+        >>> names = model_names()
+        >>> names[0], "resnet18" in names
+        ('basiccnn', True)
+    """
+    import torchvision
+
+    return ["basiccnn", *torchvision.models.list_models(module=torchvision.models)]
+
+
+def check_model_name(name: str) -> None:
+    """Raise a ``ValueError`` (with close matches) unless ``name`` is one of :func:`model_names`.
+
+    Example:
+        >>> check_model_name("resnet81")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown model 'resnet81'; did you mean resnet18, ...? Use basiccnn or a torchvision ...
+    """
+    names = model_names()
+    if name not in names:
+        close = difflib.get_close_matches(str(name), names, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else "."
+        raise ValueError(
+            f"unknown model {name!r}{hint} Use basiccnn or a torchvision classification model "
+            "(torchvision.models.list_models())."
+        )
+
+
+def build_model(config: PipelineConfig, num_classes: int, in_channels: int = 3, image_size: int = 32) -> nn.Module:
+    """A freshly initialised model as ``config`` names it, built under ``config.seed`` (the same seed, the same init).
+
+    The global random state is left as it was.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        if config.model == "basiccnn":
+            from ..models import BasicCNN
+
+            return BasicCNN(num_classes, in_channels, width=config.width, input_size=image_size)
+        import torchvision
+
+        check_model_name(config.model)
+        if in_channels != 3:
+            raise ValueError(f"{config.model} takes 3-channel images; the data has {in_channels} channels.")
+        return torchvision.models.get_model(config.model, weights=None, num_classes=num_classes)

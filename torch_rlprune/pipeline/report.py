@@ -1,0 +1,142 @@
+"""The report of a run: the dense control against the pruned network, for the terminal and as Markdown."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from .measuring import Metrics
+
+
+def _plural(n: int, word: str, words: str | None = None) -> str:
+    return f"{n} {word if n == 1 else words or word + 's'}"
+
+
+def _model_label(config: dict[str, Any]) -> str:
+    width = config.get("width", 1.0)
+    return config["model"] + (f" (width {width})" if config["model"] == "basiccnn" and width != 1.0 else "")
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def _count(n: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return f"{n:,.0f}"
+
+
+@dataclass
+class Report:
+    """The result of a pipeline run: the dense control against the pruned network.
+
+    Attributes:
+        config (dict): the settings (:meth:`PipelineConfig.to_dict`).
+        data (dict): the splits' sizes and uses (:meth:`Workspace.describe`).
+        dense (Metrics): the dense control, trained with the same schedule.
+        pruned (Metrics): the pruned, rewound, sliced and trained network.
+        search (dict): ``method``, ``reward``, ``seconds``, ``evaluations``, ``best_reward`` (``None`` for a
+            criterion) and ``interrupted``.
+        filters_per_layer (dict): convolution name -> ``[kept, dense]`` filters.
+        timings (dict): seconds per phase.
+    """
+
+    config: dict[str, Any]
+    data: dict[str, Any]
+    dense: Metrics
+    pruned: Metrics
+    search: dict[str, Any]
+    filters_per_layer: dict[str, list[int]]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of the convolution filters removed."""
+        return 1.0 - self.pruned.filters / self.dense.filters if self.dense.filters else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["sparsity"] = self.sparsity
+        data["amount_counts"] = "filters (output channels of convolutions)"
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Report:
+        return cls(data["config"], data["data"], Metrics.from_dict(data["dense"]), Metrics.from_dict(data["pruned"]),
+                   data["search"], data["filters_per_layer"], data.get("timings", {}))  # fmt: skip
+
+    def _rows(self) -> list[tuple[str, str, str, str]]:
+        d, p = self.dense, self.pruned
+        speedup = d.latency_ms / p.latency_ms if p.latency_ms > 0 else float("nan")
+        batch = self.config.get("latency_batch", "?")
+        threads = self.config.get("latency_threads", 1)
+        return [
+            ("test accuracy", _pct(d.accuracy), _pct(p.accuracy), f"{100 * (p.accuracy - d.accuracy):+.1f} points"),
+            ("parameters", f"{d.params:,}", f"{p.params:,}", _pct(p.params / d.params)),
+            ("MACs per example", f"{d.macs:,}", f"{p.macs:,}", _pct(p.macs / d.macs)),
+            (f"CPU latency (batch {batch}, {threads} thread{'s' if threads != 1 else ''})", f"{d.latency_ms:.2f} ms", f"{p.latency_ms:.2f} ms", f"{speedup:.2f}x faster"),
+            ("conv filters", f"{d.filters:,}", f"{p.filters:,}", f"{_pct(self.sparsity)} pruned"),
+        ]
+
+    def _search_line(self) -> str:
+        s = self.search
+        if s.get("evaluations"):
+            best = f", best reward {s['best_reward']:.4g} ({s['reward']} on validation data)"
+            what = f"{s['evaluations']} masks evaluated in {s['seconds']:.1f} s{best}"
+        else:
+            what = f"criterion, {s['seconds']:.2f} s"
+        return f"search: {s['method']}, {what}" + (" (interrupted)" if s.get("interrupted") else "")
+
+    def _headline(self) -> str:
+        c = self.config
+        model = _model_label(c)
+        rewound = "init" if c["rewind_to"] == "init" else f"epoch {c['rewind_epoch']}"
+        return (
+            f"{model} on {c['data']}, {c['method']} at amount {c['amount']} of the filters; mask searched at epoch "
+            f"{c['rewind_epoch']}, kept filters rewound to {rewound}; dense and pruned trained "
+            f"{_plural(c['epochs'], 'epoch')}"
+        )
+
+    def summary(self) -> str:
+        """A fixed-width table for the terminal."""
+        rows = [("", "dense", "pruned", "pruned vs dense"), *self._rows()]
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        lines = [self._headline()]
+        for row in rows:
+            lines.append("  ".join([row[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(row[1:], widths[1:]))]).rstrip())
+        lines.append(self._search_line())
+        if "total" in self.timings:
+            lines.append(f"total time {self.timings['total']:.1f} s")
+        return "\n".join(lines)
+
+    def markdown(self) -> str:
+        """The report as a Markdown page."""
+        d = self.data
+        lines = [
+            "# torch-rlprune run report",
+            "",
+            self._headline() + ".",
+            "",
+            (f"Data: {d['spec']}, {d['train']:,} training / {d['val']:,} validation / {d['test']:,} test images. "
+             "The validation split, carved out of the training data, rewards the search; the test split is used "
+             "for this report only. Amount counts filters (output channels of convolutions)."),
+            "",
+            "| | dense | pruned | pruned vs dense |",
+            "| --- | ---: | ---: | ---: |",
+            *(f"| {a} | {b} | {c} | {e} |" for a, b, c, e in self._rows()),
+            "",
+            self._search_line()[0].upper() + self._search_line()[1:] + ".",
+            "",
+            "## Filters per layer",
+            "",
+            "| layer | kept | dense | kept % |",
+            "| --- | ---: | ---: | ---: |",
+            *(f"| {n} | {k} | {t} | {_pct(k / t)} |" for n, (k, t) in self.filters_per_layer.items()),
+        ]
+        if self.timings:
+            lines += ["", "## Time", "", "| phase | seconds |", "| --- | ---: |"]
+            lines += [f"| {k} | {v:.1f} |" for k, v in self.timings.items()]
+        return "\n".join(lines) + "\n"

@@ -1,0 +1,77 @@
+"""The data of one run and the models built from it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..data import Splits, batches, load_data
+from .config import PipelineConfig, build_model
+
+
+class Workspace:
+    """The data of a run and what is built from it: loaders, example inputs and fresh models.
+
+    Args:
+        config (PipelineConfig): the run's settings (checked with :meth:`PipelineConfig.validate`).
+        splits (Splits, optional): data already loaded with the same settings.
+    """
+
+    def __init__(self, config: PipelineConfig, splits: Splits | None = None) -> None:
+        self.config = config.validate()
+        if splits is None:
+            splits = load_data(config.data, config.data_root, val_fraction=config.val_fraction,
+                               download=config.download, seed=config.seed, image_size=config.image_size)  # fmt: skip
+        self.splits = splits
+        self.device = torch.device(config.device)
+        #: one validation image: traces the model, checks slicing, counts MACs per example
+        self.example_inputs = splits.val.batch(torch.arange(1))[0].to(self.device)
+        self.augment = config.augment if config.augment is not None else not config.data.startswith("digits")
+        self._check_model_runs()
+
+    def _check_model_runs(self) -> None:
+        model = self.build_model().eval()
+        shape = "x".join(map(str, self.example_inputs.shape[1:]))
+        try:
+            with torch.no_grad():
+                output = model(self.example_inputs)
+        except Exception as error:  # whatever the model raises, the cause is the image size it was given
+            raise ValueError(
+                f"{self.config.model} does not run on the {shape} images of {self.config.data} "
+                f"({type(error).__name__}: {' '.join(str(error).split())}); pass --image-size to resize them "
+                "(e.g. 224 for vision transformers)."
+            ) from error
+        if not isinstance(output, torch.Tensor) or output.shape != (1, self.splits.num_classes):
+            raise ValueError(
+                f"{self.config.model} returns {type(output).__name__} of shape {getattr(output, 'shape', '?')} on one "
+                f"image; the pipeline needs a classifier returning logits [batch, {self.splits.num_classes}]."
+            )
+
+    def build_model(self) -> nn.Module:
+        """The model at its seeded initialisation, on the run's device."""
+        s = self.splits
+        return build_model(self.config, s.num_classes, s.in_channels, s.image_size).to(self.device)
+
+    def train_loader(self) -> Iterable[Any]:
+        """Training batches, shuffled (and augmented) the same way in every run with the same seed."""
+        generator = torch.Generator().manual_seed(self.config.seed)
+        return batches(self.splits.train, self.config.batch_size, shuffle=True, generator=generator,
+                       augment=self.augment, device=self.device)  # fmt: skip
+
+    def val_loader(self) -> Iterable[Any]:
+        """Validation batches, in order: what search rewards read."""
+        return batches(self.splits.val, self.config.batch_size, device=self.device)
+
+    def test_loader(self) -> Iterable[Any]:
+        """Test batches, in order: read for the final report only."""
+        return batches(self.splits.test, max(self.config.batch_size, 256), device=self.device)
+
+    def describe(self) -> dict[str, Any]:
+        """Sizes of the splits and what each one is used for."""
+        s = self.splits
+        return {"spec": self.config.data, "train": len(s.train), "val": len(s.val), "test": len(s.test),
+                "classes": s.num_classes, "image": [s.in_channels, s.image_size, s.image_size],
+                "use": "val (carved out of the training data) rewards the search; test is for this report only"}  # fmt: skip
