@@ -31,7 +31,7 @@ from torch.nn.utils import prune
 from . import metrics
 from .groups import ExampleInputs
 from .serialization import atomic_save, read_checked
-from .slicing import KEPT_ATTR, _copy
+from .slicing import KEPT_ATTR, PER_CHANNEL, _copy
 
 __all__ = ["Snapshot", "LotteryTicket", "rewind", "reinitialize", "iterative_pruning", "RoundRecord"]
 
@@ -45,7 +45,7 @@ SnapshotLike = Union["Snapshot", Mapping[str, Any], PathLike]
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\Z")
 # The tensors that slicing cuts (see torch_rlprune.slicing.sliced_tensors); the rest keep their shape.
-_PER_CHANNEL = ("weight", "bias", "running_mean", "running_var")
+_PER_CHANNEL = ("weight", *PER_CHANNEL)
 
 
 def _check_model(model: object, caller: str) -> None:

@@ -94,7 +94,8 @@ def _slice(tensor: torch.Tensor, dim: int, keep: torch.Tensor) -> torch.Tensor:
     return tensor.index_select(dim, keep.nonzero().reshape(-1).to(tensor.device))
 
 
-_PER_CHANNEL = ("bias", "running_mean", "running_var")
+#: Per-channel tensors besides ``weight``: cut along their only dimension wherever their module's channels are.
+PER_CHANNEL = ("bias", "running_mean", "running_var")
 
 
 def sliced_tensors(module: nn.Module, vectors: KeepVectors) -> Iterator[tuple[str, torch.Tensor]]:
@@ -124,7 +125,7 @@ def sliced_tensors(module: nn.Module, vectors: KeepVectors) -> Iterator[tuple[st
     out, inp = vectors.get((module, 0)), vectors.get((module, 1))
     for name, tensor in (*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)):
         base = name.removesuffix("_orig").removesuffix("_mask")
-        if tensor is None or (base != "weight" and base not in _PER_CHANNEL):
+        if tensor is None or (base != "weight" and base not in PER_CHANNEL):
             continue
         sliced = tensor
         if out is not None:
