@@ -26,10 +26,13 @@ HIDDEN = torch.arange(80) % 3 == 0
 # The child runs the same search; after 20 evaluations (checkpoints at 8 and 16) it says so and hangs, to be killed.
 CHILD = textwrap.dedent(
     """
-    import pathlib, sys, time
+    import pathlib, signal, sys, time
     import torch
     from torch_rlprune.controller import ReinforceController
     from torch_rlprune.search import ReinforceStrategy, run_search
+
+    # Ctrl-C's KeyboardInterrupt, even where the test runner was started in the background with SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     hidden = torch.arange(80) % 3 == 0
     calls = []
@@ -157,6 +160,29 @@ def test_a_failure_while_rewinding_puts_back_what_was_written(monkeypatch, failu
     assert_same_state(before, state_of(model))
     lottery.rewind(model, init)
     assert torch.equal(model.features[0].weight_orig, init.state["features.0.weight"])
+
+
+@pytest.mark.parametrize("sliced", [False, True])
+def test_a_write_failing_part_way_through_a_rewind_is_undone(monkeypatch, sliced):
+    model, x = pruned_model()
+    if sliced:
+        model = rlp.slim(model, x)
+    init = lottery.Snapshot.capture(rlp.models.BasicCNN(width=0.25), "init")
+    with torch.no_grad():
+        model(x)
+    before = state_of(model)
+    real = lottery._plan
+
+    def plan(*args):
+        pairs = real(*args)
+        target, source = pairs[5]
+        pairs[5] = (target, torch.empty_like(source, device="meta"))  # copying out of it raises
+        return pairs
+
+    monkeypatch.setattr(lottery, "_plan", plan)
+    with pytest.raises(NotImplementedError):
+        lottery.rewind(model, init)
+    assert_same_state(before, state_of(model))
 
 
 def test_a_snapshot_without_values_is_refused_before_anything_is_written():

@@ -320,7 +320,7 @@ def rewind(model: nn.Module, to: SnapshotLike) -> nn.Module:
 
     Everything is checked before anything is written: if the snapshot does not fit, ``model`` is left as it was.
     A failure while writing (out of memory, Ctrl-C) puts back the values already overwritten, from a copy of the
-    model's tensors that ``rewind`` holds until it returns.
+    model's tensors that ``rewind`` holds on the CPU until it returns.
 
     Where ``slim`` folded constants into consumer biases (pruned channels whose bias or norm shift was left
     unmasked) or made masks it could not slice permanent, the rewound sliced model holds the snapshot's plain
@@ -356,7 +356,8 @@ def rewind(model: nn.Module, to: SnapshotLike) -> nn.Module:
     _check_model(model, "rewind")
     snapshot = _resolve(to, "rewind")
     plan = _plan(model, snapshot, "rewind")
-    backup = [target.detach().clone() for target, _ in plan]
+    # On the CPU: a copy on the model's device could be the allocation that fails.
+    backup = [target.detach().to("cpu", copy=True) for target, _ in plan]
     try:
         with torch.no_grad():
             for target, source in plan:
