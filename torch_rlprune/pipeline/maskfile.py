@@ -11,7 +11,7 @@ from torch.nn.utils import prune
 from ..groups import channel_groups
 from ..masks import alive_channels, apply_channel_masks
 from ..serialization import atomic_save, group_records, match_records, read_checked
-from ..slicing import KEPT_ATTR
+from ..slicing import KEPT_ATTR, PER_CHANNEL
 from .config import PathLike
 
 MASK_FORMAT = "torch-rlprune/mask"
@@ -56,7 +56,7 @@ def load_mask(path: PathLike, model: nn.Module, example_inputs: Any) -> nn.Modul
     return model
 
 
-_PER_CHANNEL = ("weight", "bias", "running_mean", "running_var")
+_PER_CHANNEL = ("weight", *PER_CHANNEL)
 
 
 def unslice(sliced: nn.Module, masked: nn.Module) -> nn.Module:
