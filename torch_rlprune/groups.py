@@ -581,10 +581,16 @@ class _Tracer(fx.Tracer):
         return result
 
 
+def device_of(model: nn.Module) -> torch.device:
+    """The device of ``model``'s first parameter (the CPU for a model without parameters)."""
+    return next(iter(model.parameters()), torch.empty(0)).device
+
+
 def check_device(model: nn.Module, tensors: Sequence[torch.Tensor], caller: str, what: str) -> None:
     """Raise ``ValueError`` if ``tensors`` are not on the device that holds all of ``model``'s parameters.
 
-    A model spread over several devices is left to its own forward, which knows where each input belongs.
+    Only parameters are looked at: a model without any is not checked. A model spread over several devices is left
+    to its own forward, which knows where each input belongs.
     """
     devices = {p.device for p in model.parameters()}
     if len(devices) != 1:

@@ -15,7 +15,7 @@ from . import criteria
 from .controller import ReinforceController
 from .evaluation import CandidateEvaluator
 from .features import filter_features
-from .groups import CONV_TYPES, ChannelGroup, ChannelGroups, ExampleInputs, channel_groups
+from .groups import CONV_TYPES, ChannelGroup, ChannelGroups, ExampleInputs, channel_groups, device_of
 from .masks import alive_channels, apply_channel_masks, effective_weight
 from .rewards import check_reward
 from .search import AnnealingStrategy, RandomStrategy, ReinforceStrategy, SearchResult, SearchStrategy, run_search
@@ -449,7 +449,7 @@ class _SearchPruning(prune.BasePruningMethod):
             with torch.no_grad():
                 return check_reward(self.reward(evaluator.view(unflatten(flat))), self.reward)
 
-        device = next(iter(model.parameters()), torch.empty(0)).device
+        device = device_of(model)
         with evaluator.active():
             result = self.search(features, sizes, sum(sizes) - n_prune, floors, evaluate, device)
         return unflatten(result.best_keep)

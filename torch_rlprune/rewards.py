@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .groups import device_of
 from .metrics import count_macs
 
 __all__ = ["Accuracy", "NegativeLoss", "MACsAware", "check_reward"]
@@ -34,7 +35,7 @@ class _CachedBatches:
         self._cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def get(self, model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        device = next(iter(model.parameters()), torch.empty(0)).device
+        device = device_of(model)
         if self._cache is None or self._cache[0][0].device != device:
             cache = []
             for i, batch in enumerate(self.loader):

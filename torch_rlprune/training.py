@@ -19,6 +19,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .groups import device_of
+
 __all__ = ["train", "evaluate"]
 
 SCHEDULES = ("cosine", "constant")
@@ -42,10 +44,6 @@ def _unpack(batch: Any, device: torch.device, caller: str) -> tuple[torch.Tensor
     if not (isinstance(batch, (tuple, list)) and len(batch) >= 2):
         raise TypeError(f"{caller}: every batch must be an (inputs, targets) pair, got {type(batch).__name__}.")
     return batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    return next(iter(model.parameters()), torch.empty(0)).device
 
 
 @contextlib.contextmanager
@@ -142,7 +140,7 @@ def train(
         raise ValueError(f"train: schedule must be one of {', '.join(map(repr, SCHEDULES))}, got {schedule!r}.")
     if device is not None:
         model.to(device)
-    device = _device_of(model)
+    device = device_of(model)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("train: the model has no parameter with requires_grad=True to train.")
@@ -249,7 +247,7 @@ def evaluate(model: nn.Module, loader: Iterable[Any], *, device: torch.device | 
     """
     _check_model(model, "evaluate")
     _check_loader(loader, "evaluate")
-    device = _device_of(model) if device is None else torch.device(device)
+    device = device_of(model) if device is None else torch.device(device)
     correct = total = 0
     with _modes_restored(model), torch.no_grad():
         model.eval()

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..groups import device_of
 from ..metrics import model_stats
 from ..training import evaluate
 from .workspace import Workspace
@@ -61,7 +62,7 @@ def cpu_latency(
     finally:
         logger.setLevel(level)
 
-    device = next(iter(model.parameters()), torch.empty(0)).device
+    device = device_of(model)
     work = model if device.type == "cpu" else copy.deepcopy(model).cpu()
     x = example_inputs[:1].detach().cpu().expand(batch, *example_inputs.shape[1:]).contiguous()
     training = work.training
