@@ -11,6 +11,7 @@ from torch.nn.utils import prune
 
 import torch_rlprune as rlp
 from torch_rlprune.controller import ReinforceController
+from torch_rlprune.evaluation import CandidateEvaluator
 from torch_rlprune.lottery import Snapshot, _dense, rewind
 from torch_rlprune.masks import alive_channels
 from torch_rlprune.search import AnnealingStrategy, RandomStrategy, ReinforceStrategy
@@ -83,6 +84,43 @@ def test_no_method_empties_a_layer_at_the_default_floor(kinds, amount, method):
     rlp.global_structured(conv_pairs(model), method, amount=amount, model=model, example_inputs=x[:1],
                           groups=groups, **extra)  # fmt: skip
     assert_budget_and_agreement(groups, budget, [1] * len(groups))
+
+
+@slow
+@given(kinds=kinds, seed=st.integers(0, 100), norms=st.sampled_from(["batch", "eval"]))
+def test_both_evaluation_modes_compute_the_sliced_network(kinds, seed, norms):
+    torch.manual_seed(seed)
+    model = Blocks(kinds)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):  # statistics that a pruned channel would turn into a constant
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+    x = torch.randn(4, 3, 8, 8)
+    groups = rlp.channel_groups(model, x[:1])
+    assume(groups)
+    keep = [torch.rand(g.size) < 0.5 for g in groups]
+    for k in keep:
+        k[0] = True
+    evaluators = [CandidateEvaluator(model, groups, x[:1], norms=norms, mode=mode) for mode in ("slice", "mask")]
+    outputs = []
+    for evaluator in evaluators:
+        with evaluator.active(), torch.no_grad():
+            outputs.append(evaluator.view(keep)(x))
+    torch.testing.assert_close(outputs[0], outputs[1], atol=1e-5, rtol=1e-4)
+
+    # Called outside active() in train mode, a view updates the running statistics of the norms outside the
+    # groups, as any forward pass would; the groups' own it computes with copies, in both modes alike.
+    changed = []
+    for evaluator in evaluators:
+        model.train()
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        with torch.no_grad():
+            evaluator.view(keep)(x)
+        changed.append({k for k, v in model.state_dict().items() if not torch.equal(before[k], v)})
+        model.load_state_dict(before)
+    assert changed[0] == changed[1]
+    grouped = {f"{m.name}.running_mean" for g in groups for m in g.norms}
+    assert not grouped & changed[1]
 
 
 @st.composite

@@ -5,14 +5,17 @@ a candidate runs the model's own modules through :func:`torch.func.functional_ca
 one of two ways:
 
 - ``"slice"``: every channel-group tensor index-selected to the kept channels, so the forward pass is that of the
-  sliced network and its cost falls with sparsity. On a GPU it costs more than masking: every candidate has new
-  tensor shapes, which pay per-shape set-up costs that a GPU's fast kernels do not earn back (measured in
-  ``benchmarks/search_speed.py``).
-- ``"mask"``: every channel-group weight and bias multiplied by its keep vector, as the method's original
-  implementation did: a dense forward pass per candidate, but always the same shapes.
+  sliced network and its cost falls with sparsity. On a GPU it measured slower than masking
+  (``benchmarks/search_speed.py``), likely because every candidate brings new tensor shapes.
+- ``"mask"``: every channel-group tensor multiplied by its keep vector, as the method's original implementation
+  did: a dense forward pass per candidate, but always the same shapes.
 
-Both compute what the candidate-masked model computes. Nothing of the model is modified, except (with
-``"slice"``) the ``groups`` count of tied depthwise convs, which is set for the duration of the call and restored.
+Both compute what the sliced network computes: the candidate-masked model without the pruned channels. The two
+agree wherever a pruned channel outputs zero, as it does when its filter, bias and norm entries are all masked;
+where it would output a constant (an activation with ``f(0) != 0`` such as a sigmoid, a norm without affine
+parameters in eval mode), the masked model differs by that constant, which :func:`torch_rlprune.slim` folds into
+the consumers. Nothing of the model is modified, except (with ``"slice"``) the ``groups`` count of tied depthwise
+convs, which is set for the duration of the call and restored.
 """
 
 from __future__ import annotations
@@ -27,19 +30,23 @@ from torch.func import functional_call
 
 from . import metrics
 from ._state import preserved_state
-from .groups import ChannelGroup, ExampleInputs, as_input_tuple
+from .groups import ChannelGroup, ExampleInputs, as_input_tuple, device_of
 from .masks import KeepVectors, keep_vectors
-from .slicing import pruning_hooks, sliced_tensors
+from .slicing import PER_CHANNEL, pruning_hooks, sliced_tensors
 
-__all__ = ["CandidateEvaluator", "CandidateModel", "masked_tensors"]
+__all__ = ["CandidateEvaluator", "CandidateModel", "zeroed_tensors", "MODES"]
+
+#: How a candidate can run: ``"auto"`` picks ``"slice"`` on the CPU and ``"mask"`` elsewhere.
+MODES = ("auto", "slice", "mask")
 
 
 class CandidateModel(nn.Module):
     """A view of a model with only a candidate's channels: calling it computes what the sliced model computes.
 
-    It is what a reward callable receives during a search. It computes exactly what the candidate-masked model
-    computes (up to float rounding), at the cost of the sliced network (``mode="slice"``) or of the dense one
-    (``mode="mask"``). Its parameters are the original model's.
+    It is what a reward callable receives during a search. It computes what the sliced network computes (up to
+    float rounding; see the module description for where that differs from the candidate-masked model), at the
+    cost of the sliced network (``mode="slice"``) or of the dense one (``mode="mask"``). Its parameters are the
+    original model's.
 
     Attributes:
         keep (list of torch.Tensor): the candidate, one boolean keep mask per channel group.
@@ -52,11 +59,16 @@ class CandidateModel(nn.Module):
         self._evaluator = evaluator
         self._vectors = vectors
         names = evaluator.names
-        substitute = sliced_tensors if evaluator.mode == "slice" else masked_tensors
+        if evaluator.mode == "slice":
+            substitute, used = sliced_tensors, vectors
+        else:  # one copy to the device for all vectors, not one per tensor they scale
+            flat = torch.cat([v.reshape(-1) for v in vectors.values()]).to(evaluator.device) if vectors else None
+            parts = flat.split([v.numel() for v in vectors.values()]) if flat is not None else ()
+            substitute, used = zeroed_tensors, dict(zip(vectors, parts))
         self._tensors = {
             f"{names[module]}.{name}" if names[module] else name: tensor
             for module in {m for m, _ in vectors}
-            for name, tensor in substitute(module, vectors)
+            for name, tensor in substitute(module, used)
         }
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
@@ -68,13 +80,14 @@ class CandidateModel(nn.Module):
         return self._evaluator.macs(self._vectors)
 
 
-def masked_tensors(module: nn.Module, vectors: KeepVectors) -> Iterator[tuple[str, torch.Tensor]]:
-    """The weights and biases of ``module`` that ``vectors`` cut, multiplied by their keep vectors.
+def zeroed_tensors(module: nn.Module, vectors: KeepVectors) -> Iterator[tuple[str, torch.Tensor]]:
+    """The tensors of ``module`` that ``vectors`` cut, multiplied by their keep vectors.
 
     The counterpart of :func:`torch_rlprune.slicing.sliced_tensors` that keeps every shape: a pruned channel's
-    filter rows, bias and norm entries become zero, and so do a consumer's weight columns that read it (which makes
-    the result exact even where a pruned channel would carry a constant). A pruned module's ``<name>_orig`` is
-    scaled, and its hook multiplies by ``<name>_mask`` as usual.
+    filter rows, bias, norm entries and running statistics become zero, and so do a consumer's weight columns that
+    read it, so that what a pruned channel carries never reaches a kept one (the sliced network's semantics). A
+    pruned module's ``<name>_orig`` is scaled, and its hook multiplies by ``<name>_mask`` as usual. The running
+    statistics are new tensors, so a forward pass in train mode does not update the model's own.
 
     Args:
         module (torch.nn.Module): a member of some channel groups.
@@ -90,14 +103,14 @@ def masked_tensors(module: nn.Module, vectors: KeepVectors) -> Iterator[tuple[st
         >>> model = rlp.models.BasicCNN()
         >>> groups = rlp.channel_groups(model, torch.randn(1, 3, 32, 32))
         >>> vectors = keep_vectors(groups[:1], [torch.arange(64) < 10])
-        >>> weight = dict(masked_tensors(model.features[4], vectors))["weight"]
+        >>> weight = dict(zeroed_tensors(model.features[4], vectors))["weight"]
         >>> weight.shape, int(weight.flatten(2).any(2).any(0).sum())
         (torch.Size([128, 64, 3, 3]), 10)
     """
     out, inp = vectors.get((module, 0)), vectors.get((module, 1))
-    for name, tensor in module.named_parameters(recurse=False):
+    for name, tensor in (*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)):
         base = name.removesuffix("_orig")
-        if base not in ("weight", "bias"):
+        if tensor is None or (base != "weight" and base not in PER_CHANNEL):
             continue
         scaled = tensor
         for dim, keep in ((0, out), (1, inp if base == "weight" else None)):
@@ -113,7 +126,10 @@ class CandidateEvaluator:
     r"""Turns keep-sets over channel groups into runnable views of ``model`` (see :class:`CandidateModel`).
 
     Args:
-        model (torch.nn.Module): the model; it is not copied and, outside :meth:`active`, not changed.
+        model (torch.nn.Module): the model; it is not copied, and a view changes none of its tensors (the groups'
+            norms compute with copies of their statistics). Outside :meth:`active` a view runs in the model's
+            current mode, so in train mode the norms outside the groups update their statistics, as in any
+            forward pass.
         groups (sequence of ChannelGroup): the channel groups the candidates choose from.
         example_inputs (torch.Tensor or tuple of torch.Tensor): inputs the model accepts, used once to count the
             output positions of every layer for :meth:`CandidateModel.macs`.
@@ -150,14 +166,14 @@ class CandidateEvaluator:
     ) -> None:
         if norms not in ("batch", "eval"):
             raise ValueError(f"CandidateEvaluator: norms must be 'batch' or 'eval', got {norms!r}.")
-        if mode not in ("auto", "slice", "mask"):
-            raise ValueError(f"CandidateEvaluator: mode must be 'auto', 'slice' or 'mask', got {mode!r}.")
+        if mode not in MODES:
+            raise ValueError(f"CandidateEvaluator: mode must be one of {', '.join(map(repr, MODES))}, got {mode!r}.")
+        #: the device of the model's parameters, where ``"mask"`` views put their keep vectors
+        self.device = device_of(model)
         if mode == "auto":
-            on_cpu = all(p.device.type == "cpu" for p in model.parameters())
-            mode = "slice" if on_cpu else "mask"
+            mode = "slice" if self.device.type == "cpu" else "mask"
         #: ``"slice"`` or ``"mask"``: how views run (``"auto"`` resolved).
         self.mode = mode
-        self._device = next(iter(model.parameters()), torch.empty(0)).device
         self.model = model
         self.groups = list(groups)
         self.norms = norms
@@ -172,10 +188,7 @@ class CandidateEvaluator:
         """The model restricted to the channels ``keep`` marks, one boolean tensor per group."""
         if len(keep) != len(self.groups):
             raise ValueError(f"view: need one keep mask per group ({len(self.groups)}), got {len(keep)}.")
-        vectors = keep_vectors(self.groups, keep)
-        if self.mode == "mask":  # one copy to the device per vector, not one per tensor it scales
-            vectors = {key: v.to(self._device) for key, v in vectors.items()}
-        return CandidateModel(self, keep, vectors)
+        return CandidateModel(self, keep, keep_vectors(self.groups, keep))
 
     def macs(self, vectors: KeepVectors) -> int:
         return metrics.ModelStats(metrics._layer_stats(self.model, vectors, self._positions, self._batch)).macs_kept

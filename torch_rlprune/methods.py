@@ -13,7 +13,7 @@ from torch.nn.utils import prune
 
 from . import criteria
 from .controller import ReinforceController
-from .evaluation import CandidateEvaluator
+from .evaluation import MODES, CandidateEvaluator
 from .features import filter_features
 from .groups import CONV_TYPES, ChannelGroup, ChannelGroups, ExampleInputs, channel_groups, device_of
 from .masks import alive_channels, apply_channel_masks, effective_weight
@@ -341,8 +341,8 @@ class _SearchPruning(prune.BasePruningMethod):
                             f"{', '.join(self.option_names) or 'no method options'}.")  # fmt: skip
         self.amount, self.reward, self.dim = amount, reward, dim
         self.episodes, self.batch, self.seed = episodes, batch or self.default_batch, seed
-        if evaluation not in ("auto", "slice", "mask"):
-            raise ValueError(f"{name}: evaluation must be 'auto', 'slice' or 'mask', got {evaluation!r}.")
+        if evaluation not in MODES:
+            raise ValueError(f"{name}: evaluation must be one of {', '.join(map(repr, MODES))}, got {evaluation!r}.")
         self.min_keep, self.norms, self.evaluation, self.options = min_keep, norms, evaluation, options
         self.run_options = {"progress": progress, "writer": writer, "callbacks": callbacks, "checkpoint": checkpoint,
                             "checkpoint_every": checkpoint_every, "resume": resume,
@@ -493,7 +493,8 @@ class RLStructuredPruning(_SearchPruning):
             ``"batch"``.
         evaluation (str): how a candidate runs: ``"slice"`` (the sliced network), ``"mask"`` (the dense one with
             the pruned weights zeroed) or ``"auto"``, slicing on the CPU and masking on a GPU (see
-            :class:`torch_rlprune.evaluation.CandidateEvaluator`). Default: ``"auto"``.
+            :class:`torch_rlprune.evaluation.CandidateEvaluator`); used by :func:`global_structured` only.
+            Default: ``"auto"``.
         progress (bool): tqdm progress bar where installed. Default: ``True``.
         writer (SummaryWriter, optional): TensorBoard writer for the search history.
         callbacks (sequence of callable): called with every history record.
