@@ -15,6 +15,7 @@ import types
 
 import pytest
 import torch
+from torch import nn
 
 import torch_rlprune as rlp
 from torch_rlprune import pipeline
@@ -346,13 +347,19 @@ def test_model_that_does_not_take_the_images(tmp_path):
 
 
 def test_an_error_from_inside_torch_is_flagged_as_unforeseen(tmp_path, monkeypatch):
-    monkeypatch.setattr(pipeline, "run_pipeline", lambda *args, **kwargs: torch.device(None))
+    monkeypatch.setattr(pipeline, "run_pipeline", lambda *args, **kwargs: nn.Linear("wide", 2))
     status, _, err = run_main(["run", *QUICK, "--out", str(tmp_path / "run")])
     assert status == 1 and len(err.strip().splitlines()) == 1
-    assert "TypeError in " in err and "did not foresee: rerun with --traceback and report it" in err
-    # The package's own errors carry no such note.
+    assert "(TypeError in linear.py, which this package did not foresee: rerun with --traceback and report it)" in err
+    # The package's own errors carry no such note, nor do damaged files.
     status, _, err = run_main(["run", "--model", "vit_b_16", "--workers", "1", "--out", str(tmp_path / "vit")])
     assert status == 1 and "does not run on" in err and "did not foresee" not in err
+    damaged = tmp_path / "damaged"
+    (damaged / "snapshots").mkdir(parents=True)
+    (damaged / "mask.pt").touch()
+    (damaged / "config.json").write_text("{not json")
+    status, _, err = run_main(["slim", "--out", str(damaged)])
+    assert status == 1 and "config.json is not valid JSON" in err and "did not foresee" not in err
 
 
 def test_traceback_flag_shows_the_error(tmp_path):

@@ -51,6 +51,7 @@ import argparse
 import contextlib
 import dataclasses
 import datetime
+import json
 import re
 import shutil
 import sys
@@ -546,12 +547,17 @@ def _one_line(error: BaseException) -> str:
 
 
 def _unexpected(error: BaseException) -> str:
-    """A note for an error raised outside this package (and not about a file), which no check of ours foresaw."""
+    """A note for an error raised outside this package, which no check of ours foresaw.
+
+    Judged by the innermost Python frame, so an error that a torch operator implemented in C++ raises straight
+    from the package's code passes for the package's own. Errors about files (missing, unreadable, not JSON) are
+    the user's to fix and get no note.
+    """
     frame = error.__traceback__
     while frame is not None and frame.tb_next is not None:
         frame = frame.tb_next
     where = Path(frame.tb_frame.f_code.co_filename) if frame is not None else None
-    if where is None or isinstance(error, OSError) or Path(__file__).parent in where.parents:
+    if where is None or isinstance(error, (OSError, json.JSONDecodeError)) or Path(__file__).parent in where.parents:
         return ""
     return f" ({type(error).__name__} in {where.name}, which this package did not foresee: rerun with --traceback and report it)"
 

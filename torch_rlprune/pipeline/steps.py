@@ -47,7 +47,13 @@ def _write_json(path: Path, data: Any) -> None:
 def _read_json(path: Path, step: str) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; run 'torch-rlprune {step} --out {path.parent}' first.")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"{path} is not valid JSON ({error}); it was damaged after the step that wrote it. Run 'torch-rlprune "
+            f"{step} --out {path.parent} --overwrite' to write it again."
+        ) from None
 
 
 def read_config(out: PathLike) -> PipelineConfig:
