@@ -168,8 +168,10 @@ def test_rewind_restores_exactly(kinds, amount, seed, sliced):
         try:
             rlp.global_structured(conv_pairs(model), prune.RandomStructured, amount=amount, seed=seed, model=model,
                                   example_inputs=x[:1])  # fmt: skip
-        except ValueError:
-            assume(False)  # no prunable group in this net
+        except ValueError as error:
+            if "has prunable filters" not in str(error) and "while every layer keeps its minimum" not in str(error):
+                raise
+            assume(False)  # no prunable group in this net, or too few filters for the amount
     masks = {k: v.clone() for k, v in model.named_buffers() if k.endswith("_mask")}
 
     if sliced:
