@@ -2,7 +2,7 @@
 
 Run by hand (nothing here is collected by pytest)::
 
-    python benchmarks/determinism.py                  # on the CPU: about a minute on 2 cores
+    python benchmarks/determinism.py                  # on the CPU: about 2 minutes on 2 cores
     python benchmarks/determinism.py --device cuda    # on a GPU, with one CPU process to compare against
 
 Every process seeds everything with the same seeds and, on BasicCNN (width 0.5) and synthetic CIFAR-sized data:
