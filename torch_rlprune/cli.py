@@ -559,7 +559,10 @@ def _unexpected(error: BaseException) -> str:
     where = Path(frame.tb_frame.f_code.co_filename) if frame is not None else None
     if where is None or isinstance(error, (OSError, json.JSONDecodeError)) or Path(__file__).parent in where.parents:
         return ""
-    return f" ({type(error).__name__} in {where.name}, which this package did not foresee: rerun with --traceback and report it)"
+    return (
+        f" ({type(error).__name__} in {where.name}, which this package did not foresee: "
+        "rerun with --traceback and report it)"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

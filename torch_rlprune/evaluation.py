@@ -94,7 +94,7 @@ def zeroed_tensors(module: nn.Module, vectors: KeepVectors) -> Iterator[tuple[st
         vectors (KeepVectors): from :func:`torch_rlprune.masks.keep_vectors`.
 
     Yields:
-        ``(name, tensor)`` for every parameter of ``module`` that a pruned channel zeroes, with its own shape.
+        ``(name, tensor)`` for every tensor of ``module`` that a pruned channel zeroes, with its own shape.
 
     Example:
         >>> import torch
