@@ -252,6 +252,15 @@ def test_missing_data_root(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.parametrize("command", ["run", "search"])
+def test_a_disk_too_full_for_the_run_is_refused_before_training(tmp_path, monkeypatch, command):
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=2 * 2**20))
+    out = tmp_path / "run"
+    assert_user_error(run_main([command, *QUICK, "--out", str(out)]), 2, "only 2 MiB free", "the run writes about 18 MiB")
+    assert [p.name for p in out.iterdir()] == []  # nothing trained, nothing written
+
+
 def test_run_folder_is_not_overwritten(tmp_path):
     out = tmp_path / "run"
     out.mkdir()

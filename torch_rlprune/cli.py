@@ -324,6 +324,24 @@ def _check_writable(path: Path, what: str = "--out") -> None:
         raise UsageError(f"cannot write to {what} {path}: {error.strerror or error}.") from None
 
 
+# Snapshots at init and at the rewind epoch, the ticket and the trained model: each at most the dense model's size.
+_MODEL_COPIES = 4
+_SPACE_MARGIN = 16 * 2**20  # logs, reports, the mask and the search checkpoint
+
+
+def _check_space(path: Path, workspace: Any) -> None:
+    """Refuse a run whose files would not fit on the disk of ``path``, before it trains or searches."""
+    model_bytes = sum(p.numel() * p.element_size() for p in workspace.build_model().parameters())
+    needed = _MODEL_COPIES * model_bytes + _SPACE_MARGIN
+    free = shutil.disk_usage(path).free
+    if free < needed:
+        raise UsageError(
+            f"only {free / 2**20:.0f} MiB free at {path}; the run writes about {needed / 2**20:.0f} MiB "
+            f"({_MODEL_COPIES} copies of the {model_bytes / 2**20:.1f} MiB model, logs and reports). Free some "
+            "space or choose another --out."
+        )
+
+
 def _new_run_folder(path: Path, overwrite: bool, stale: Sequence[str]) -> None:
     """A folder for a new run: refuse to overwrite an earlier run without ``--overwrite``; check it is writable."""
     if path.is_dir() and any(path.iterdir()) and not overwrite:
@@ -423,6 +441,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     _new_run_folder(out, args.overwrite, _all_outputs())
     with _writer(args.tensorboard) as writer:
         workspace = pl.Workspace(config)  # loads the data and checks the model on it before the run folder fills
+        _check_space(out, workspace)
         log = RunLog(out / "log.txt", args.quiet, fresh=True)
         log(f"{PROG} run -> {out}")
         report = pl.run_pipeline(config, out, writer=writer, progress=not args.quiet, log=log, workspace=workspace)
@@ -453,6 +472,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         _new_run_folder(out, args.overwrite, _all_outputs())
     with _writer(args.tensorboard) as writer:
         workspace = pl.Workspace(config)
+        _check_space(out, workspace)
         log = RunLog(out / "log.txt", args.quiet, fresh=not args.resume)
         log(f"{PROG} search -> {out}")
         summary = pl.search_step(config, out, workspace=workspace, resume=args.resume, writer=writer,
@@ -570,8 +590,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     0 on success; 2 for a mistake found while checking the arguments, before any work (an unknown model or
     method, an amount outside (0, 1), a data folder that does not exist, a run folder that would be overwritten
-    without ``--overwrite``, an output folder that is not writable); 1 for an error the package reports during
-    the work; 130 when interrupted. Each error is one line ``torch-rlprune: error: ...`` on stderr.
+    without ``--overwrite``, an output folder that is not writable or whose disk lacks the room for the run); 1 for
+    an error the package reports during the work; 130 when interrupted. Each error is one line ``torch-rlprune: error: ...`` on stderr.
 
     Example:
         >>> main(["run", "--amount", "1.5"])
