@@ -36,6 +36,7 @@ from .groups import (
     as_input_tuple,
     channel_groups,
     check_device,
+    check_groups_of,
 )
 from .masks import alive_channels, effective_weight
 from .selection import channels_to_prune, min_keep_counts, select_channels
@@ -98,14 +99,7 @@ def _resolve_groups(
             _restore(recomputed)
     if not isinstance(groups, ChannelGroups):
         raise TypeError(f"{caller}: groups must be the ChannelGroups returned by channel_groups(model, ...).")
-    modules = dict(model.named_modules())
-    for group in groups:
-        for member in group.members:
-            if modules.get(member.name) is not member.module:
-                raise ValueError(
-                    f"{caller}: groups belong to another model ({member.name!r} is not that submodule of "
-                    f"{type(model).__name__}); pass groups=channel_groups(model, example_inputs) of this model."
-                )
+    check_groups_of(model, groups, caller)
     return groups
 
 

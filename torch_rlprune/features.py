@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from . import criteria
-from .groups import ChannelGroup, ChannelGroups
+from .groups import ChannelGroup, ChannelGroups, check_groups_of
 
 __all__ = ["FEATURE_NAMES", "feature_names", "filter_features"]
 
@@ -133,14 +133,7 @@ def filter_features(
     groups = list(groups)
     if not groups:
         raise ValueError("filter_features: groups is empty; the model has no prunable channel to describe.")
-    modules = dict(model.named_modules())
-    for group in groups:
-        for member in group.members:
-            if modules.get(member.name) is not member.module:
-                raise ValueError(
-                    f"filter_features: groups belong to another model ({member.name!r} is not that submodule of "
-                    f"{type(model).__name__}); pass channel_groups(model, example_inputs) of this model."
-                )
+    check_groups_of(model, groups, "filter_features")
     if saliency is not None and not isinstance(saliency, Mapping):
         raise TypeError(
             "filter_features: saliency must be a dict of per-filter scores keyed by (conv, 'weight'), such as "

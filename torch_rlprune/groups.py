@@ -581,6 +581,18 @@ class _Tracer(fx.Tracer):
         return result
 
 
+def check_groups_of(model: nn.Module, groups: Sequence[ChannelGroup], caller: str) -> None:
+    """Raise ``ValueError`` unless every member of ``groups`` is the submodule of ``model`` it names."""
+    modules = dict(model.named_modules())
+    for group in groups:
+        for member in group.members:
+            if modules.get(member.name) is not member.module:
+                raise ValueError(
+                    f"{caller}: groups belong to another model (group {group.name!r} names {member.name!r}, which is "
+                    f"not part of this model); pass channel_groups(model, example_inputs) of this model."
+                )
+
+
 def device_of(model: nn.Module) -> torch.device:
     """The device of ``model``'s first parameter (the CPU for a model without parameters)."""
     return next(iter(model.parameters()), torch.empty(0)).device

@@ -31,7 +31,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
 
 from ._state import preserved_state
-from .groups import CONV_TYPES, ChannelGroup, ExampleInputs, as_input_tuple, channel_groups
+from .groups import CONV_TYPES, ChannelGroup, ExampleInputs, as_input_tuple, channel_groups, check_groups_of
 from .masks import KeepVectors, keep_vectors
 
 __all__ = ["LayerStats", "ModelStats", "model_stats", "count_params", "count_macs", "filters_per_layer"]
@@ -219,16 +219,10 @@ def _groups_of(
 
 
 def _keep_vectors(model: nn.Module, groups: Sequence[ChannelGroup], caller: str) -> KeepVectors:
-    in_model = set(model.modules())
     for group in groups:
         if not isinstance(group, ChannelGroup):
             raise TypeError(f"{caller}: groups must hold ChannelGroup objects, got {type(group).__name__}.")
-        for member in group.members:
-            if member.module not in in_model:
-                raise ValueError(
-                    f"{caller}: group {group.name!r} names module {member.name!r}, which is not part of this model; "
-                    "pass the groups of this very model (channel_groups(model, example_inputs))."
-                )
+    check_groups_of(model, groups, caller)
     return keep_vectors(groups)
 
 
