@@ -31,7 +31,7 @@ from torch.nn.utils import prune
 from . import metrics
 from .groups import ExampleInputs
 from .serialization import atomic_save, read_checked
-from .slicing import KEPT_ATTR, PER_CHANNEL, _copy
+from .slicing import CHANNEL_TENSORS, KEPT_ATTR, _copy
 
 __all__ = ["Snapshot", "LotteryTicket", "rewind", "reinitialize", "iterative_pruning", "RoundRecord"]
 
@@ -44,8 +44,6 @@ Kept = dict[str, dict[int, tuple[int, torch.Tensor]]]
 SnapshotLike = Union["Snapshot", Mapping[str, Any], PathLike]
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\Z")
-# The tensors that slicing cuts (see torch_rlprune.slicing.sliced_tensors); the rest keep their shape.
-_PER_CHANNEL = ("weight", *PER_CHANNEL)
 
 
 def _check_model(model: object, caller: str) -> None:
@@ -250,7 +248,7 @@ def _source_for(
     module_name, _, tensor_name = key.rpartition(".")
     model_record = getattr(modules.get(module_name), KEPT_ATTR, None) or {}
     snap_record = snapshot.kept.get(module_name, {})
-    if tensor_name not in _PER_CHANNEL or not (model_record or snap_record):
+    if tensor_name not in CHANNEL_TENSORS or not (model_record or snap_record):
         return source
     for dim in (0, 1):
         if dim == 1 and (tensor_name != "weight" or source.dim() < 2):

@@ -96,6 +96,8 @@ def _slice(tensor: torch.Tensor, dim: int, keep: torch.Tensor) -> torch.Tensor:
 
 #: Per-channel tensors besides ``weight``: cut along their only dimension wherever their module's channels are.
 PER_CHANNEL = ("bias", "running_mean", "running_var")
+#: Every tensor name a channel cut can reach.
+CHANNEL_TENSORS = ("weight", *PER_CHANNEL)
 
 
 def sliced_tensors(module: nn.Module, vectors: KeepVectors) -> Iterator[tuple[str, torch.Tensor]]:

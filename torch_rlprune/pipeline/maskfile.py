@@ -11,7 +11,7 @@ from torch.nn.utils import prune
 from ..groups import channel_groups
 from ..masks import alive_channels, apply_channel_masks
 from ..serialization import atomic_save, group_records, match_records, read_checked
-from ..slicing import KEPT_ATTR, PER_CHANNEL
+from ..slicing import CHANNEL_TENSORS, KEPT_ATTR
 from .config import PathLike
 
 MASK_FORMAT = "torch-rlprune/mask"
@@ -56,9 +56,6 @@ def load_mask(path: PathLike, model: nn.Module, example_inputs: Any) -> nn.Modul
     return model
 
 
-_PER_CHANNEL = ("weight", *PER_CHANNEL)
-
-
 def unslice(sliced: nn.Module, masked: nn.Module) -> nn.Module:
     """Copy the weights of a sliced model back into the kept positions of the masked model it was sliced from.
 
@@ -92,7 +89,7 @@ def unslice(sliced: nn.Module, masked: nn.Module) -> nn.Module:
                 target = getattr(target_module, tensor_name + "_orig", None)
                 if target is None:
                     target = getattr(target_module, tensor_name)
-                per_channel = tensor_name in _PER_CHANNEL and value.dim() > 0
+                per_channel = tensor_name in CHANNEL_TENSORS and value.dim() > 0
                 dims = [d for d in (0, 1) if per_channel and d in record and (d == 0 or tensor_name == "weight")]
                 for dim in dims:
                     if target.dim() <= dim or record[dim][0] != target.shape[dim]:
