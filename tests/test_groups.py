@@ -98,13 +98,32 @@ def test_conv1d_and_conv3d():
         assert groups[1].consumers[0].name == "5"
 
 
-def test_network_input_output_and_grouped_convs_are_excluded():
-    model = nn.Sequential(nn.Conv2d(4, 8, 1), nn.Conv2d(8, 8, 3, groups=2), nn.Conv2d(8, 6, 1), nn.Conv2d(6, 2, 1))
+def test_grouped_conv_is_pruned_in_whole_groups_and_network_output_is_excluded():
+    model = nn.Sequential(nn.Conv2d(4, 8, 1), nn.Conv2d(8, 12, 3, groups=2), nn.Conv2d(12, 6, 1), nn.Conv2d(6, 2, 1))
     groups = rlp.channel_groups(model, torch.randn(1, 4, 5, 5))
-    assert [names(g.producers) for g in groups] == [{"2"}]
-    assert "grouped convolution '1'" in groups.excluded["0"]
-    assert "grouped convolution '1'" in groups.excluded["1"]
-    assert groups.excluded["3"] == "reaches the network output"
+    assert [names(g.producers) for g in groups] == [{"0"}, {"2"}]
+    # One channel of the first group is one group of the grouped conv: 4 of conv 0's filters, 6 of conv 1's.
+    assert groups[0].size == 2
+    assert [(m.name, m.role, m.expand) for m in groups[0].members] == [
+        ("0", Role.PRODUCER, 4), ("1", Role.TIED, 6), ("2", Role.CONSUMER, 6),
+    ]  # fmt: skip
+    assert groups.excluded == {"3": "reaches the network output"}
+
+
+def test_grouped_conv_whose_groups_straddle_two_spaces_is_excluded():
+    class Straddle(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 3, 1), nn.Conv2d(3, 5, 1)
+            self.grouped = nn.Conv2d(8, 8, 3, groups=2)
+            self.head = nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            return self.head(self.grouped(torch.cat([self.a(x), self.b(x)], dim=1)))
+
+    groups = rlp.channel_groups(Straddle(), torch.randn(1, 3, 5, 5))
+    assert len(groups) == 0
+    assert "feeds grouped convolution 'grouped' (groups=2) across its groups" in groups.excluded["a"]
 
 
 def test_unmodelled_ops_exclude_their_channels():

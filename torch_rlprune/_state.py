@@ -13,8 +13,37 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.utils import prune
 
-__all__ = ["preserved_state"]
+__all__ = ["preserved_state", "pruning_hooks", "hook_tensors_kept"]
+
+
+def pruning_hooks(model: nn.Module) -> list[tuple[nn.Module, str]]:
+    """``(module, name)`` of every tensor a ``torch.nn.utils.prune`` hook recomputes before each forward."""
+    return [
+        (module, hook._tensor_name)
+        for module in model.modules()
+        for hook in module._forward_pre_hooks.values()
+        if isinstance(hook, prune.BasePruningMethod)
+    ]
+
+
+@contextlib.contextmanager
+def hook_tensors_kept(model: nn.Module) -> Iterator[None]:
+    """Put back, on exit, the tensors that pruning hooks set on ``model``'s modules inside the block.
+
+    A hook sets ``<name>`` on its module at every forward; under :mod:`torch.fx` tracing of a module that is
+    traced into, what it sets is a proxy, which must not outlive the trace.
+    """
+    computed = [(module, name, module.__dict__.get(name)) for module, name in pruning_hooks(model)]
+    try:
+        yield
+    finally:
+        for module, name, value in computed:
+            if value is None:
+                module.__dict__.pop(name, None)
+            else:
+                module.__dict__[name] = value
 
 
 @contextlib.contextmanager

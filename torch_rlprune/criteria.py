@@ -120,7 +120,7 @@ def _spread(
                 values[conv] = torch.zeros(conv.out_channels, dtype=scores.dtype)
                 covered[conv] = torch.zeros(conv.out_channels, dtype=torch.bool)
             rows = member.indices(torch.arange(group.size))
-            values[conv][rows] = scores.cpu()
+            values[conv][rows] = scores.cpu().repeat_interleave(member.expand)
             covered[conv][rows] = True
     return values, covered
 
@@ -244,15 +244,13 @@ def random(model: nn.Module, *, seed: int | None = None) -> Scores:
 
 
 def _gamma(group: ChannelGroup) -> torch.Tensor:
-    channels = torch.arange(group.size)
     total = torch.zeros(group.size)
     for member in group.norms:
         gamma = effective_weight(member.module, "weight")
         if gamma is None:  # affine=False: the norm scales every channel by 1
             total += member.expand
         else:
-            rows = gamma.detach().abs().float().cpu()[member.indices(channels)]
-            total += rows.reshape(group.size, member.expand).sum(dim=1)
+            total += member.gather(gamma.detach().abs().float().cpu(), group.size).sum(dim=1)
     return total
 
 
@@ -482,8 +480,7 @@ def _flow(work: nn.Module, ones: tuple[torch.Tensor, ...], convs: dict[str, nn.M
 def _group_flow(groups: Sequence[ChannelGroup], flow: dict[str, torch.Tensor]) -> list[torch.Tensor]:
     scores = []
     for group in groups:
-        channels = torch.arange(group.size)
-        rows = [flow[m.name].cpu()[m.indices(channels)] for m in group.filters]
+        rows = [m.gather(flow[m.name].cpu(), group.size).sum(dim=1) for m in group.filters]
         scores.append(torch.stack(rows).sum(dim=0))
     return scores
 

@@ -29,10 +29,10 @@ from torch import nn
 from torch.func import functional_call
 
 from . import metrics
-from ._state import preserved_state
-from .groups import ChannelGroup, ExampleInputs, as_input_tuple, device_of
+from ._state import preserved_state, pruning_hooks
+from .groups import ChannelGroup, ExampleInputs, as_input_tuple, device_of, groups_kept
 from .masks import KeepVectors, keep_vectors
-from .slicing import PER_CHANNEL, pruning_hooks, sliced_tensors
+from .slicing import PER_CHANNEL, sliced_tensors
 
 __all__ = ["CandidateEvaluator", "CandidateModel", "zeroed_tensors", "MODES"]
 
@@ -204,7 +204,7 @@ class CandidateEvaluator:
         for conv in self._tied:
             if (conv, 0) in vectors:
                 saved[conv] = conv.groups
-                conv.groups = int(vectors[conv, 0].sum())
+                conv.groups = groups_kept(conv, int(vectors[conv, 0].sum()))
         hooked = [(module, name, module.__dict__.get(name)) for module, name in self._hooked]
         try:
             yield

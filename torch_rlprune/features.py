@@ -52,13 +52,12 @@ def _relative(values: torch.Tensor) -> torch.Tensor:
 
 def _group_sum(group: ChannelGroup, scores: Scores, what: str) -> torch.Tensor:
     """Sum a per-filter score dict over the group's filter members, at the group's channels."""
-    channels = torch.arange(group.size)
     rows = []
     for member in group.filters:
         per_filter = scores.get((member.module, "weight"))
         if per_filter is not None:
             # A tied depthwise conv after a concat holds several groups, each at its own offset.
-            rows.append(per_filter.detach().reshape(-1).double().cpu()[member.indices(channels)])
+            rows.append(member.gather(per_filter.detach().reshape(-1).double().cpu(), group.size).sum(dim=1))
     if not rows:
         raise ValueError(
             f"filter_features: {what} has no score for any convolution of group {group.name!r}; pass a dict "

@@ -4,16 +4,22 @@ A *channel group* is one index space of channels. Its members are
 
 * the convolutions that **produce** it (one, or several whose outputs meet in a residual add or another
   elementwise op, or are multiplied together as in squeeze-and-excitation),
-* depthwise convolutions **tied** to it (output channel ``i`` depends on input channel ``i`` only),
-* the per-channel **norm** layers that normalise it,
+* depthwise and grouped convolutions **tied** to it (their output channels of group ``i`` depend on their input
+  channels of group ``i`` only),
+* the per-channel **norm** layers that normalise it (modules, or a norm module's own ``F.batch_norm`` call),
 * the **consumers** whose input channels (or flattened input features) it feeds: convolutions, and a
   ``Linear`` after ``flatten``, where every channel owns ``expand`` consecutive features.
 
-Removing channel ``c`` of a group removes row ``c`` of every producer, entry ``c`` of every norm, and the
-matching input slice of every consumer; the network stays well formed. The groups are found by tracing the model
-with :mod:`torch.fx` and propagating the example inputs' shapes through the graph. Whatever the tracer does not
-understand is treated conservatively: the channels that reach it are *excluded* (never pruned), as are the
-network's inputs and outputs, the outputs of ``Linear`` layers, and grouped (non-depthwise) convolutions.
+Removing channel ``c`` of a group removes rows ``offset + c * expand ...`` of every producer and tied conv, the
+same entries of every norm, and the matching input slice of every consumer; the network stays well formed.
+``expand`` is more than 1 where one channel of the group stands for several entries: the features of one channel
+after ``flatten``, or a whole group of a grouped convolution, which can only lose whole groups. ``offset`` places
+the group in a concatenation, or in the part of a conv's output that a ``split`` or a slice ``x[:, a:b]`` picks.
+
+The groups are found by tracing the model with :mod:`torch.fx` and propagating the example inputs' shapes through
+the graph. Whatever the tracer does not understand is treated conservatively: the channels that reach it are
+*excluded* (never pruned), as are the network's inputs and outputs, the outputs of ``Linear`` layers, and the
+channels before a constant split point (the model's code would cut at the same index after slicing).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import io
+import itertools
 import math
 import operator
 from collections.abc import Iterable, Iterator, Sequence
@@ -35,7 +42,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
 from torchvision.ops import stochastic_depth
 
-from ._state import preserved_state
+from ._spaces import Spaces
+from ._state import hook_tensors_kept, preserved_state
 
 __all__ = ["Role", "Member", "ChannelGroup", "ChannelGroups", "channel_groups", "CONV_TYPES", "as_input_tuple"]
 
@@ -90,6 +98,20 @@ class Member:
         channels = channels.to(torch.long).reshape(-1)
         start = self.offset + channels * self.expand
         return (start[:, None] + torch.arange(self.expand, device=channels.device)).reshape(-1)
+
+    def gather(self, values: torch.Tensor, size: int) -> torch.Tensor:
+        """The entries of ``values`` (one per index along :attr:`dim`) that channels ``0 .. size - 1`` own.
+
+        Args:
+            values (torch.Tensor): a 1-D tensor as long as the member's dimension :attr:`dim`, e.g. per-filter
+                scores of a producer.
+            size (int): the group's channel count.
+
+        Returns:
+            A tensor of shape ``(size, expand)``: row ``c`` holds what channel ``c`` owns (several filters where
+            one channel stands for a whole group of a grouped convolution, or several features after ``flatten``).
+        """
+        return values[self.indices(torch.arange(size, device=values.device))].reshape(size, self.expand)
 
 
 @dataclass(frozen=True)
@@ -191,49 +213,6 @@ class _Segment(NamedTuple):
 _Layout = tuple[_Segment, ...]
 
 
-class _Spaces:
-    """Union-find over channel index spaces, with the members and the exclusion reason of each."""
-
-    def __init__(self) -> None:
-        self.parent: list[int] = []
-        self.size: list[int] = []
-        self.why_fixed: list[str | None] = []
-        self.members: list[list[tuple[int, Member]]] = []
-
-    def new(self, size: int, fixed: str | None = None) -> int:
-        self.parent.append(len(self.parent))
-        self.size.append(size)
-        self.why_fixed.append(fixed)
-        self.members.append([])
-        return len(self.parent) - 1
-
-    def find(self, i: int) -> int:
-        while self.parent[i] != i:
-            self.parent[i] = self.parent[self.parent[i]]
-            i = self.parent[i]
-        return i
-
-    def fix(self, i: int, why: str) -> None:
-        root = self.find(i)
-        if self.why_fixed[root] is None:
-            self.why_fixed[root] = why
-
-    def union(self, a: int, b: int) -> None:
-        a, b = self.find(a), self.find(b)
-        if a == b:
-            return
-        if self.size[a] != self.size[b]:  # cannot happen for shapes that ran; stay safe if it does
-            self.fix(a, "joins a channel space of another size")
-            self.fix(b, "joins a channel space of another size")
-            return
-        self.parent[b] = a
-        self.members[a] += self.members[b]
-        self.why_fixed[a] = self.why_fixed[a] or self.why_fixed[b]
-
-    def add(self, space: int, order: int, member: Member) -> None:
-        self.members[self.find(space)].append((order, member))
-
-
 _PASSTHROUGH_MODULES = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid, nn.Tanh,
     nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus, nn.Identity,
@@ -248,14 +227,14 @@ _PASSTHROUGH_FUNCTIONS = {
     F.hardtanh, F.softplus, F.sigmoid, F.tanh, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
     F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
     F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
-    F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d, F.interpolate,
+    F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d, F.interpolate, F.pad,
     torch.relu, torch.sigmoid, torch.tanh, torch.clone, torch.clamp, torch.abs, torch.neg, operator.neg,
-    stochastic_depth,
+    torch.exp, torch.erf, stochastic_depth,
 }  # fmt: skip
 
 _PASSTHROUGH_METHODS = {
     "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "clamp", "clamp_", "clone", "contiguous", "detach",
-    "abs", "neg", "to", "float", "half", "bfloat16", "double", "type_as",
+    "abs", "neg", "to", "float", "half", "bfloat16", "double", "type_as", "exp", "erf",
 }  # fmt: skip
 
 _ELEMENTWISE_FUNCTIONS = {
@@ -264,10 +243,15 @@ _ELEMENTWISE_FUNCTIONS = {
 }  # fmt: skip
 _ELEMENTWISE_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_"}
 _CAT_FUNCTIONS = {torch.cat, torch.concat, torch.concatenate}
+_SPLIT_FUNCTIONS = {torch.split, torch.chunk, torch.tensor_split}
+_SPLIT_METHODS = {"split", "chunk", "tensor_split"}
 _REDUCE_FUNCTIONS = {torch.mean, torch.sum, torch.amax, torch.amin}
 _REDUCE_METHODS = {"mean", "sum", "amax", "amin"}
 _FLATTEN_FUNCTIONS = {torch.flatten}
 _RESHAPE_METHODS = {"view", "reshape", "flatten"}
+# Functional norms that normalise every channel on its own, and the module types whose tensors they may use: a
+# norm module whose forward calls them (timm's BatchNormAct2d) is then one norm member like nn.BatchNorm2d.
+_NORM_FUNCTIONS = {F.batch_norm: _BatchNorm, F.instance_norm: _InstanceNorm}
 
 
 def _shape(node: Any) -> torch.Size | None:
@@ -276,8 +260,13 @@ def _shape(node: Any) -> torch.Size | None:
     return shape if isinstance(shape, torch.Size) else None
 
 
-def _has_state(module: nn.Module) -> bool:
-    return any(True for _ in module.parameters()) or any(True for _ in module.buffers())
+def _piece_shapes(node: fx.Node) -> list[torch.Size] | None:
+    """The shapes of the tensors a node returns as a tuple (``split``, ``chunk``)."""
+    meta = node.meta.get("tensor_meta")
+    if not isinstance(meta, (tuple, list)):
+        return None
+    shapes = [getattr(m, "shape", None) for m in meta]
+    return shapes if all(isinstance(s, torch.Size) for s in shapes) else None
 
 
 def _op_name(node: fx.Node, modules: dict[str, nn.Module]) -> str:
@@ -289,24 +278,43 @@ def _op_name(node: fx.Node, modules: dict[str, nn.Module]) -> str:
     return f"function '{target}'"
 
 
+def _extent(layout: _Layout) -> int:
+    return sum(seg.channels * seg.expand for seg in layout)
+
+
+def _bounds(layout: _Layout) -> list[int]:
+    """Positions along the channel dim where one segment ends and the next begins, with 0 and the end."""
+    return [0, *itertools.accumulate(seg.channels * seg.expand for seg in layout)]
+
+
 class _GroupBuilder:
     """Walks a shape-propagated graph and assigns every tensor's dim 1 to channel spaces."""
 
-    def __init__(self, gm: fx.GraphModule) -> None:
+    def __init__(self, gm: fx.GraphModule, model: nn.Module) -> None:
         self.gm = gm
-        self.modules = dict(gm.named_modules())
-        self.spaces = _Spaces()
+        # The model's own modules: the graph module holds only those it calls, and bare stand-ins for the
+        # owners of the tensors it reads (a norm module whose forward was traced into).
+        self.modules = dict(model.named_modules())
+        self.spaces = Spaces()
         self.layouts: dict[fx.Node, _Layout | None] = {}
-        self.producer_space: dict[str, int] = {}
-        calls: dict[str, int] = {}
-        for node in gm.graph.nodes:
-            if node.op == "call_module":
-                calls[str(node.target)] = calls.get(str(node.target), 0) + 1
-        # A stateless module (ReLU, pooling) may be reused freely; a stateful one called twice shares its
-        # channels between two places in the graph, which this tracer does not model.
-        self.shared = {name for name, count in calls.items() if count > 1 and _has_state(self.modules[name])}
+        # The layouts of the tensors a split returns, for the getitem nodes that pick them.
+        self.pieces: dict[fx.Node, list[_Layout]] = {}
+        # For a module with state called more than once: the input layout of its first call and what it returned.
+        self.calls: dict[str, tuple[_Layout, _Layout | None]] = {}
 
     # ---- layouts -------------------------------------------------------------------------------------------
+    def resolve(self, layout: _Layout) -> _Layout:
+        """``layout`` in terms of the current spaces (those it named may have been refined or coarsened since)."""
+        return tuple(
+            _Segment(leaf, self.spaces.size[leaf], seg.expand * unit)
+            for seg in layout
+            for leaf, unit in self.spaces.leaves(seg.space)
+        )
+
+    def layout_of(self, node: Any) -> _Layout | None:
+        layout = self.layouts.get(node) if isinstance(node, fx.Node) else None
+        return None if layout is None else self.resolve(layout)
+
     def fresh(self, node: fx.Node, why: str) -> _Layout | None:
         shape = _shape(node)
         if shape is None or len(shape) < 2:
@@ -318,8 +326,8 @@ class _GroupBuilder:
             self.spaces.fix(seg.space, why)
 
     def input_layouts(self, node: fx.Node) -> list[tuple[fx.Node, _Layout]]:
-        found: list[tuple[fx.Node, _Layout]] = []
-        fx.node.map_arg((node.args, node.kwargs), lambda n: found.append((n, self.layouts.get(n))) or n)
+        found: list[tuple[fx.Node, _Layout | None]] = []
+        fx.node.map_arg((node.args, node.kwargs), lambda n: found.append((n, self.layout_of(n))) or n)
         return [(n, lay) for n, lay in found if lay is not None]
 
     def unknown(self, node: fx.Node, why: str | None = None) -> _Layout | None:
@@ -328,32 +336,50 @@ class _GroupBuilder:
             self.fix(layout, why)
         return self.fresh(node, why)
 
+    def cut(self, layout: _Layout, bounds: Sequence[int]) -> list[_Layout] | None:
+        """The parts of ``layout`` between consecutive ``bounds`` (positions along the channel dim), refining the
+        spaces that a bound falls inside; ``None`` where a bound splits a unit that must stay whole."""
+        layout = self.resolve(layout)
+        for seg, start in zip(layout, _bounds(layout)):
+            inside = [(b - start) for b in bounds if start < b < start + seg.channels * seg.expand]
+            if any(b % seg.expand for b in inside) or not self.spaces.refine(seg.space, [b // seg.expand for b in inside]):
+                return None
+        layout = self.resolve(layout)
+        starts = _bounds(layout)
+        return [tuple(seg for seg, s in zip(layout, starts) if lo <= s < hi) for lo, hi in zip(bounds, bounds[1:])]
+
     def unify(self, layouts: list[_Layout], why: str) -> _Layout | None:
-        first = layouts[0]
-        for other in layouts[1:]:
-            if [(s.channels, s.expand) for s in other] != [(s.channels, s.expand) for s in first]:
+        """Make the layouts of tensors that meet elementwise one: the same spaces at the same positions."""
+        layouts = [self.resolve(layout) for layout in layouts]
+        bounds = sorted({b for layout in layouts for b in _bounds(layout)})
+        parts = [self.cut(layout, bounds) for layout in layouts] if len({_extent(l) for l in layouts}) == 1 else None
+        if parts is None or any(p is None for p in parts):
+            for layout in layouts:
+                self.fix(layout, why)
+            return layouts[0]
+        for aligned in zip(*parts):  # one stretch between two bounds, in every layout
+            unit = math.lcm(*(seg.expand for part in aligned for seg in part))
+            segments = [seg for part in aligned for seg in part]
+            if len(segments) != len(aligned) or not all(
+                self.spaces.coarsen(seg.space, unit // seg.expand) for seg in segments
+            ):
                 for layout in layouts:
                     self.fix(layout, why)
-                return first
-        for other in layouts[1:]:
-            for a, b in zip(first, other):
-                self.spaces.union(a.space, b.space)
-        return first
+                return layouts[0]
+            first, *others = (self.resolve((seg,))[0].space for seg in segments)
+            for other in others:
+                self.spaces.union(first, other)
+        return self.resolve(layouts[0])
 
-    def add_members(self, node: fx.Node, layout: _Layout, name: str, role: Role, scale_offsets: bool) -> None:
-        offset = 0
-        for seg in layout:
-            expand = seg.expand if scale_offsets else 1
-            member = Member(name, self.modules[name], role, offset=offset, expand=expand)
-            self.spaces.add(seg.space, len(self.layouts), member)
-            offset += seg.channels * expand
+    def add_members(self, layout: _Layout, name: str, role: Role) -> None:
+        for seg, offset in zip(layout, _bounds(layout)):
+            self.spaces.add(seg.space, len(self.layouts), Member(name, self.modules[name], role, offset, seg.expand))
 
     # ---- ops -----------------------------------------------------------------------------------------------
     def single_input(self, node: fx.Node) -> tuple[fx.Node, _Layout] | None:
         arg = node.args[0] if node.args else None
-        if isinstance(arg, fx.Node) and self.layouts.get(arg) is not None:
-            return arg, self.layouts[arg]  # type: ignore[return-value]
-        return None
+        layout = self.layout_of(arg)
+        return None if layout is None else (arg, layout)  # type: ignore[return-value]
 
     def passthrough(self, node: fx.Node) -> _Layout | None:
         src = self.single_input(node)
@@ -393,12 +419,72 @@ class _GroupBuilder:
         dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
         if out is None or not isinstance(tensors, (list, tuple)) or not isinstance(dim, int):
             return self.unknown(node)
-        layouts = [self.layouts.get(t) if isinstance(t, fx.Node) else None for t in tensors]
+        layouts = [self.layout_of(t) for t in tensors]
         if any(layout is None for layout in layouts):
             return self.unknown(node)
         if dim % len(out) != 1:
             return self.unify(layouts, f"meets another channel layout in {_op_name(node, self.modules)}")  # type: ignore[arg-type]
         return tuple(seg for layout in layouts for seg in layout)  # type: ignore[union-attr]
+
+    def split(self, node: fx.Node) -> None:
+        """``split``/``chunk``: remember each piece's layout for the ``getitem`` that picks it.
+
+        The sizes are constants of the model's code, which slicing does not change: the pieces keep their sizes,
+        except the last one of ``split(x, size)``, which takes whatever is left.
+        """
+        src = self.single_input(node)
+        shapes = _piece_shapes(node)
+        in_shape = _shape(src[0]) if src else None
+        size = node.args[1] if len(node.args) > 1 else node.kwargs.get("split_size_or_sections")
+        dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
+        if src is None or shapes is None or in_shape is None or not isinstance(dim, int):
+            self.unknown(node)
+            return None
+        if dim % len(in_shape) != 1:
+            self.pieces[node] = [src[1]] * len(shapes)
+            return None
+        parts = self.cut(src[1], [0, *itertools.accumulate(s[1] for s in shapes)])
+        if parts is None:
+            self.unknown(node, f"is split by {_op_name(node, self.modules)} inside a unit that must stay whole")
+            return None
+        last_may_shrink = node.target in (torch.split, "split") and isinstance(size, int)
+        why = f"is split into pieces of fixed size by {_op_name(node, self.modules)}"
+        for part in parts[:-1] if last_may_shrink else parts:
+            self.fix(part, why)
+        self.pieces[node] = parts
+        return None
+
+    def getitem(self, node: fx.Node) -> _Layout | None:
+        source, index = node.args[0], node.args[1] if len(node.args) > 1 else None
+        if source in self.pieces:
+            return self.pieces[source][index]  # run() has fixed the pieces where the index is not an int
+        layout, in_shape, out = self.layout_of(source), _shape(source), _shape(node)
+        if layout is None:
+            return None if out is None else self.fresh(node, f"is computed by {_op_name(node, self.modules)}")
+        index = index if isinstance(index, tuple) else (index,)
+        if out is None or in_shape is None or len(out) != len(in_shape) or index.count(Ellipsis) > 1:
+            return self.unknown(node)
+        if Ellipsis in index:
+            at = index.index(Ellipsis)
+            index = index[:at] + (slice(None),) * (len(in_shape) - len(index) + 1) + index[at + 1 :]
+        if not all(isinstance(i, slice) for i in index) or index[0] != slice(None):
+            return self.unknown(node)
+        channels = index[1] if len(index) > 1 else slice(None)
+        start, stop, step = channels.indices(in_shape[1])
+        if step != 1:
+            return self.unknown(node)
+        if (start, stop) == (0, in_shape[1]):
+            return layout
+        parts = self.cut(layout, sorted({0, start, stop, _extent(layout)}))
+        if parts is None:
+            return self.unknown(node, f"is sliced by {_op_name(node, self.modules)} inside a unit that must stay whole")
+        # The bounds are constants of the model's code: channels before a bound that is not the end must stay
+        # for the slice to pick the same ones.
+        layout = self.resolve(layout)
+        fixed_until = stop if stop < in_shape[1] else start
+        self.fix(tuple(seg for seg, s in zip(layout, _bounds(layout)) if s < fixed_until),
+                 f"is sliced at fixed positions by {_op_name(node, self.modules)}")  # fmt: skip
+        return tuple(seg for seg, s in zip(layout, _bounds(layout)) if start <= s < stop)
 
     def flatten(self, node: fx.Node, start: int, end: int) -> _Layout | None:
         src = self.single_input(node)
@@ -439,20 +525,32 @@ class _GroupBuilder:
 
     def conv(self, node: fx.Node, name: str, conv: nn.Module) -> _Layout | None:
         src = self.single_input(node)
-        if src is None or any(seg.expand != 1 for seg in src[1]):
+        if src is None:
             return self.unknown(node)
         layout = src[1]
         assert isinstance(conv, CONV_TYPES)
         if conv.groups == 1:
-            self.add_members(node, layout, name, Role.CONSUMER, scale_offsets=False)
+            self.add_members(layout, name, Role.CONSUMER)
             space = self.spaces.new(conv.out_channels)
             self.spaces.add(space, len(self.layouts), Member(name, conv, Role.PRODUCER))
             return (_Segment(space, conv.out_channels),)
-        if conv.groups == conv.in_channels == conv.out_channels:
-            self.add_members(node, layout, name, Role.TIED, scale_offsets=False)
-            return layout
-        self.fix(layout, f"feeds grouped convolution '{name}' (groups={conv.groups})")
-        return self.opaque_conv(node, name, f"is the output of grouped convolution '{name}' (groups={conv.groups})")
+        # A depthwise or grouped conv: a unit of its input channels must be whole groups, so that whole groups go
+        # and the rest stay equal; each unit then stands for the same groups of its output channels.
+        per_in, per_out = conv.in_channels // conv.groups, conv.out_channels // conv.groups
+        aligned = all(
+            start % per_in == 0 and (seg.channels * seg.expand) % per_in == 0
+            and (per_in % seg.expand == 0 or seg.expand % per_in == 0)
+            for seg, start in zip(layout, _bounds(layout))
+        )  # fmt: skip
+        if not aligned or not all(
+            self.spaces.coarsen(seg.space, max(per_in // seg.expand, 1)) for seg in layout
+        ):
+            why = f"feeds grouped convolution '{name}' (groups={conv.groups}) across its groups"
+            self.fix(layout, why)
+            return self.opaque_conv(node, name, why)
+        out = tuple(_Segment(s.space, s.channels, s.expand * per_out // per_in) for s in self.resolve(layout))
+        self.add_members(out, name, Role.TIED)
+        return out
 
     def opaque_conv(self, node: fx.Node, name: str, why: str) -> _Layout | None:
         """A conv whose filters cannot be pruned: its output is a fixed space it is listed as producing."""
@@ -466,32 +564,67 @@ class _GroupBuilder:
         in_shape = _shape(src[0]) if src else None
         if src is None or in_shape is None or len(in_shape) != 2:
             return self.unknown(node)
-        self.add_members(node, src[1], name, Role.CONSUMER, scale_offsets=True)
+        self.add_members(src[1], name, Role.CONSUMER)
         return self.fresh(node, f"is the output of Linear '{name}'")
+
+    def norm(self, node: fx.Node, name: str) -> _Layout | None:
+        src = self.single_input(node)
+        if src is None:
+            return self.unknown(node)
+        self.add_members(src[1], name, Role.NORM)
+        return src[1]
+
+    def functional_norm(self, node: fx.Node) -> _Layout | None:
+        """``F.batch_norm`` or ``F.instance_norm`` called by the norm module whose forward is being traced."""
+        stack = node.meta.get("nn_module_stack") or {}
+        owner = next(reversed(stack.values()))[0] if stack else None
+        module = self.modules.get(owner) if isinstance(owner, str) else None
+        if not isinstance(module, _NORM_FUNCTIONS[node.target]):
+            return self.unknown(node)
+        if owner in self.calls:
+            return self.reused(node, owner, module)
+        out = self.norm(node, owner)
+        if out is not None:
+            self.calls[owner] = (out, out)
+        return out
+
+    def reused(self, node: fx.Node, name: str, module: nn.Module) -> _Layout | None:
+        """A module with state called again: its input channels meet the first call's, its output is the same."""
+        src = self.single_input(node)
+        first_input, first_output = self.calls[name]
+        shareable = isinstance(module, (*CONV_TYPES, *_NORM_TYPES)) and first_input
+        if src is None or not shareable:
+            why = f"passes through module '{name}', which is called more than once"
+            for _, layout in self.input_layouts(node):
+                self.fix(layout, why)
+            self.fix(first_input, why)
+            self.fix(first_output, why)
+            return self.fresh(node, why)
+        self.unify([first_input, src[1]], f"meets another channel layout in module '{name}', called twice")
+        # Every call returns the channels of the first: a conv's own filters, or the (now shared) input's.
+        return None if first_output is None else self.resolve(first_output)
 
     def call_module(self, node: fx.Node) -> _Layout | None:
         name = str(node.target)
         module = self.modules[name]
-        if name in self.shared:
-            why = f"passes through module '{name}', which is called more than once"
-            for _, layout in self.input_layouts(node):
-                self.fix(layout, why)
-            return self.opaque_conv(node, name, why) if isinstance(module, CONV_TYPES) else self.fresh(node, why)
+        if name in self.calls:
+            return self.reused(node, name, module)
+        src = self.single_input(node)
         if isinstance(module, CONV_TYPES):
-            return self.conv(node, name, module)
-        if isinstance(module, _NORM_TYPES):
-            src = self.single_input(node)
-            if src is None:
-                return self.unknown(node)
-            self.add_members(node, src[1], name, Role.NORM, scale_offsets=True)
-            return src[1]
-        if isinstance(module, nn.Linear):
-            return self.linear(node, name)
-        if isinstance(module, nn.Flatten):
+            out = self.conv(node, name, module)
+        elif isinstance(module, _NORM_TYPES):
+            out = self.norm(node, name)
+        elif isinstance(module, nn.Linear):
+            out = self.linear(node, name)
+        elif isinstance(module, nn.Flatten):
             return self.flatten(node, module.start_dim, module.end_dim)
-        if isinstance(module, nn.PReLU) and module.num_parameters == 1 or isinstance(module, _PASSTHROUGH_MODULES):
+        elif isinstance(module, nn.PReLU) and module.num_parameters == 1 or isinstance(module, _PASSTHROUGH_MODULES):
             return self.passthrough(node)
-        return self.unknown(node)
+        else:
+            return self.unknown(node)
+        if src is not None:
+            self.calls[name] = (src[1], out)
+        return out
 
     def call_function(self, node: fx.Node) -> _Layout | None:
         target = node.target
@@ -501,6 +634,12 @@ class _GroupBuilder:
             return self.elementwise(node)
         if target in _CAT_FUNCTIONS:
             return self.cat(node)
+        if target in _SPLIT_FUNCTIONS:
+            return self.split(node)
+        if target is operator.getitem:
+            return self.getitem(node)
+        if target in _NORM_FUNCTIONS:
+            return self.functional_norm(node)
         if target in _REDUCE_FUNCTIONS:
             return self.reduce(node)
         if target in _FLATTEN_FUNCTIONS:
@@ -517,6 +656,8 @@ class _GroupBuilder:
             return self.passthrough(node)
         if method in _ELEMENTWISE_METHODS:
             return self.elementwise(node)
+        if method in _SPLIT_METHODS:
+            return self.split(node)
         if method in _REDUCE_METHODS:
             return self.reduce(node)
         if method in _RESHAPE_METHODS:
@@ -527,6 +668,13 @@ class _GroupBuilder:
 
     def run(self) -> ChannelGroups:
         for node in self.gm.graph.nodes:
+            # The pieces of a split reach the rest of the graph only through getitem; anything else that takes
+            # the whole tuple is not followed, so its channels stay.
+            picks = node.op == "call_function" and node.target is operator.getitem and isinstance(node.args[1], int)
+            for arg in node.all_input_nodes:
+                if arg in self.pieces and not picks:
+                    for piece in self.pieces[arg]:
+                        self.fix(piece, f"reaches {_op_name(node, self.modules)} as a tuple")
             if node.op == "placeholder":
                 layout = self.fresh(node, "is a network input")
             elif node.op == "get_attr":
@@ -542,16 +690,15 @@ class _GroupBuilder:
 
     def collect(self) -> ChannelGroups:
         spaces = self.spaces
-        roots = sorted({spaces.find(i) for i in range(len(spaces.parent))})
         rank = {Role.PRODUCER: 0, Role.TIED: 1, Role.NORM: 2, Role.CONSUMER: 3}
         groups: list[tuple[int, ChannelGroup]] = []
         excluded: dict[str, str] = {}
-        for root in roots:
+        for root in spaces.roots():
             members = spaces.members[root]
             if spaces.why_fixed[root] is not None:
                 for _, m in members:
                     if m.role in (Role.PRODUCER, Role.TIED):
-                        excluded[m.name] = spaces.why_fixed[root]  # type: ignore[assignment]
+                        excluded.setdefault(m.name, spaces.why_fixed[root])  # type: ignore[arg-type]
                 continue
             ordered = sorted(members, key=lambda om: (rank[om[1].role], om[0]))
             first = min(order for order, m in members if m.role is Role.PRODUCER)
@@ -579,6 +726,14 @@ class _Tracer(fx.Tracer):
         result = super().call_module(m, forward, args, kwargs)
         self.stack.pop()
         return result
+
+
+def groups_kept(conv: nn.Module, out_channels: int) -> int:
+    """The ``groups`` of a depthwise or grouped conv cut to ``out_channels`` filters by a channel group.
+
+    The group's channels are whole groups of the conv (see :func:`channel_groups`), so every group keeps its width.
+    """
+    return out_channels * conv.groups // conv.out_channels
 
 
 def check_groups_of(model: nn.Module, groups: Sequence[ChannelGroup], caller: str) -> None:
@@ -649,7 +804,8 @@ def trace(
     tracer = _Tracer(leaf_modules)
     with preserved_state(model, "eval"):
         try:
-            graph = tracer.trace(model)
+            with hook_tensors_kept(model):
+                graph = tracer.trace(model)
         except Exception as exc:
             where = f"inside module '{tracer.stack[-1]}'" if tracer.stack and tracer.stack[-1] else "in its forward"
             hint = (
@@ -683,10 +839,12 @@ def channel_groups(
     r"""Find the prunable channel groups of ``model``.
 
     The model is traced with :mod:`torch.fx` and run once on ``example_inputs`` (in eval mode, without gradients;
-    its state is left untouched) to learn every tensor's shape. Conv1d, Conv2d and Conv3d layers are understood,
-    along with batch and instance norms, ``Linear`` after ``flatten``, concatenation along channels, residual adds
-    and other elementwise ops, channel-preserving activations, pooling, dropout and reductions over spatial dims.
-    Anything else is opaque: the channels that reach it are excluded, and :attr:`ChannelGroups.excluded` says why.
+    its state is left untouched) to learn every tensor's shape. Conv1d, Conv2d and Conv3d layers are understood
+    (depthwise and grouped ones pruned in whole groups), along with batch and instance norms (also where a norm
+    module's forward calls ``F.batch_norm`` itself, as timm's do), ``Linear`` after ``flatten``, concatenation,
+    ``split``/``chunk`` and slices along channels, residual adds and other elementwise ops, channel-preserving
+    activations, pooling, dropout, reductions over spatial dims, and modules called more than once. Anything else
+    is opaque: the channels that reach it are excluded, and :attr:`ChannelGroups.excluded` says why.
 
     Args:
         model (torch.nn.Module): the model.
@@ -712,4 +870,4 @@ def channel_groups(
         ('fc', 16)
     """
     gm = trace(model, example_inputs, leaf_modules, caller="channel_groups")
-    return _GroupBuilder(gm).run()
+    return _GroupBuilder(gm, model).run()

@@ -105,7 +105,8 @@ def _check_method(pruning_method: Any, kwargs: dict[str, Any]) -> Callable[..., 
 
 
 def _per_channel(member_scores: torch.Tensor, group: ChannelGroup, member_index: int) -> torch.Tensor:
-    """Pick a filter member's per-filter scores at the group's channels (a tied conv may see a slice)."""
+    """A filter member's per-filter scores at the group's channels, ``(size, expand)``: a tied conv may see a
+    slice, and one channel of a grouped conv stands for a whole group of filters."""
     member = group.filters[member_index]
     weight = getattr(member.module, "weight_orig", member.module.weight)
     if member_scores.dim() != 1 or member_scores.shape[0] != weight.shape[0]:
@@ -113,7 +114,7 @@ def _per_channel(member_scores: torch.Tensor, group: ChannelGroup, member_index:
             f"{_CALLER}: the score of {member.name!r} has shape {tuple(member_scores.shape)}; it needs the weight's "
             f"shape {tuple(weight.shape)} or one score per filter, ({weight.shape[0]},)."
         )
-    return member_scores[member.indices(torch.arange(group.size, device=member_scores.device))]
+    return member.gather(member_scores, group.size)
 
 
 def _ln_scores(
@@ -127,7 +128,7 @@ def _ln_scores(
             tensor = (effective_weight(member.module) if tensor is None else tensor).detach()
             if tensor.dim() > 1:
                 tensor = torch.linalg.vector_norm(tensor.flatten(1).float(), ord=n, dim=1)
-            rows.append(_per_channel(tensor.float().abs(), group, i).cpu())
+            rows.append(torch.linalg.vector_norm(_per_channel(tensor.float().abs(), group, i).cpu(), ord=n, dim=1))
         # The Ln norm of the concatenated rows of all coupled filters equals the Ln norm of their per-filter norms.
         scores.append(torch.linalg.vector_norm(torch.stack(rows), ord=n, dim=0))
     return scores
@@ -139,7 +140,7 @@ def _criterion_scores(
     scores = []
     for group in groups:
         rows = [
-            _per_channel(scores_by_param[(m.module, "weight")].detach().double(), group, i).cpu()
+            _per_channel(scores_by_param[(m.module, "weight")].detach().double(), group, i).cpu().sum(dim=1)
             for i, m in enumerate(group.filters)
             if (m.module, "weight") in scores_by_param
         ]
@@ -172,7 +173,7 @@ def global_structured(
     every convolution that produces it (convolutions whose outputs meet in a residual add share one mask), in tied
     depthwise convolutions and in the batch norms that follow. A group takes part when any of its convolutions is
     listed in ``parameters``; listed convolutions whose channels cannot be pruned (they reach the network output,
-    feed a grouped convolution, or pass through an op the tracer does not model) are skipped with a warning.
+    are cut at a constant split point, or pass through an op the tracer does not model) are skipped with a warning.
 
     Masks are ordinary :mod:`torch.nn.utils.prune` masks (``weight_orig``, ``weight_mask`` and a forward pre-hook,
     added with :func:`~torch.nn.utils.prune.custom_from_mask`), so ``prune.is_pruned(model)`` is ``True``,

@@ -31,7 +31,8 @@ PathLike = Union[str, os.PathLike]
 
 
 def _key(group: ChannelGroup) -> tuple[str, ...]:
-    return tuple(sorted(m.name for m in group.producers))
+    # A conv whose output is split holds several groups; the first filter of each names it.
+    return tuple(sorted(m.name + (f"@{m.offset}" if m.offset else "") for m in group.producers))
 
 
 def atomic_write(path: PathLike, write: Callable[[IO[bytes]], None]) -> None:

@@ -19,8 +19,10 @@ from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.utils import prune
 from torch.utils._pytree import tree_flatten
 
-from ._state import preserved_state
-from .groups import CONV_TYPES, ChannelGroup, ChannelGroups, ExampleInputs, Role, as_input_tuple, channel_groups
+from ._state import preserved_state, pruning_hooks
+from .groups import (
+    CONV_TYPES, ChannelGroup, ChannelGroups, ExampleInputs, Role, as_input_tuple, channel_groups, groups_kept,
+)
 from .masks import KeepVectors, keep_vectors, masked_tensors
 
 __all__ = ["slim", "check_consistent", "sliced_tensors"]
@@ -138,16 +140,6 @@ def sliced_tensors(module: nn.Module, vectors: KeepVectors) -> Iterator[tuple[st
             yield name, sliced
 
 
-def pruning_hooks(model: nn.Module) -> list[tuple[nn.Module, str]]:
-    """``(module, name)`` of every tensor a ``torch.nn.utils.prune`` hook recomputes before each forward."""
-    return [
-        (module, hook._tensor_name)
-        for module in model.modules()
-        for hook in module._forward_pre_hooks.values()
-        if isinstance(hook, prune.BasePruningMethod)
-    ]
-
-
 def _copy(model: nn.Module) -> nn.Module:
     """``copy.deepcopy`` that also works on pruned models.
 
@@ -240,11 +232,10 @@ def _set_tensor(module: nn.Module, name: str, value: torch.Tensor) -> None:
 def _update_counts(module: nn.Module, tied: bool) -> None:
     """Make the attributes that carry channel counts agree with the sliced tensors."""
     if isinstance(module, CONV_TYPES):
+        if tied:
+            module.groups = groups_kept(module, module.weight.shape[0])
         module.out_channels = module.weight.shape[0]
-        if tied:  # a depthwise conv: one group per channel, whatever is left
-            module.in_channels = module.groups = module.out_channels
-        else:
-            module.in_channels = module.weight.shape[1] * module.groups
+        module.in_channels = module.weight.shape[1] * module.groups
     elif isinstance(module, _NormBase):
         module.num_features = (module.weight if module.weight is not None else module.running_mean).shape[0]
     elif isinstance(module, nn.Linear):

@@ -1,0 +1,258 @@
+"""The channel tracer on the patterns of real model zoos: each is pruned and sliced, and the slice must be exact."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.nn.utils import prune
+
+import torch_rlprune as rlp
+from torch_rlprune import Role
+
+from conftest import conv_pairs
+
+# The last conv of these small nets reaches the output, which global_structured says every time.
+pytestmark = pytest.mark.filterwarnings("ignore:global_structured. skipping convolutions")
+
+
+class BatchNormAct(nn.BatchNorm2d):
+    """A norm that calls ``F.batch_norm`` itself and applies an activation, as timm's ``BatchNormAct2d``."""
+
+    def __init__(self, channels):
+        super().__init__(channels)
+        self.act = nn.SiLU()
+
+    def forward(self, x):
+        x = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        return self.act(x)
+
+
+class Ghost(nn.Module):
+    """GhostNet's module: a conv, a cheap depthwise conv of its output, both concatenated, cut to ``out``."""
+
+    def __init__(self, cin, out):
+        super().__init__()
+        self.out = out
+        init = (out + 1) // 2
+        self.primary = nn.Sequential(nn.Conv2d(cin, init, 1), BatchNormAct(init))
+        self.cheap = nn.Sequential(nn.Conv2d(init, init, 3, padding=1, groups=init), BatchNormAct(init))
+
+    def forward(self, x):
+        x1 = self.primary(x)
+        return torch.cat([x1, self.cheap(x1)], dim=1)[:, : self.out]
+
+
+class CrossStage(nn.Module):
+    """CSPNet's stage: one conv's output split in two halves, one through a block, concatenated again."""
+
+    def __init__(self, cin, width):
+        super().__init__()
+        self.width = width
+        self.down = nn.Conv2d(cin, 2 * width, 1)
+        self.block = nn.Sequential(nn.Conv2d(width, 3 * width, 3, padding=1), BatchNormAct(3 * width))
+        self.fuse = nn.Conv2d(4 * width, 8, 1)
+
+    def forward(self, x):
+        xs, xb = self.down(x).split(self.width, dim=1)
+        return self.fuse(torch.cat([xs, self.block(xb)], dim=1))
+
+
+class DualPath(nn.Module):
+    """DPN's block: a fixed prefix of a conv's channels joins the residual, the rest the dense path."""
+
+    def __init__(self, cin, prefix):
+        super().__init__()
+        self.prefix = prefix
+        self.conv = nn.Conv2d(cin, prefix + 6, 1)
+        self.resid = nn.Conv2d(cin, prefix, 1)
+        self.dense = nn.Conv2d(6, 4, 1)
+        self.head = nn.Conv2d(prefix + 4, 3, 1)
+
+    def forward(self, x):
+        out = self.conv(x)
+        resid = self.resid(x) + out[:, : self.prefix]
+        return self.head(torch.cat([resid, self.dense(out[:, self.prefix :])], dim=1))
+
+
+class ResNeXtBlock(nn.Module):
+    """A bottleneck with a grouped 3x3 conv and a residual add."""
+
+    def __init__(self, channels, width, groups):
+        super().__init__()
+        self.reduce = nn.Sequential(nn.Conv2d(channels, width, 1), nn.BatchNorm2d(width), nn.ReLU())
+        self.grouped = nn.Sequential(nn.Conv2d(width, width, 3, padding=1, groups=groups), nn.BatchNorm2d(width))
+        self.expand = nn.Conv2d(width, channels, 1)
+
+    def forward(self, x):
+        return x + self.expand(torch.relu(self.grouped(self.reduce(x))))
+
+
+class Siamese(nn.Module):
+    """One conv applied to two inputs, as in a network that shares a layer between branches."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 6, 3, padding=1)
+        self.shared = nn.Conv2d(6, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        a = self.shared(self.stem(x))
+        b = self.shared(self.stem(x.flip(-1)))
+        return self.head(self.bn(a) + self.bn(b))
+
+
+class Shuffle(nn.Module):
+    """ShuffleNet's block: ``chunk`` in two halves, whose sizes follow the tensor rather than a constant."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 1)
+        self.branch = nn.Sequential(nn.Conv2d(4, 6, 1), nn.ReLU(), nn.Conv2d(6, 4, 1))
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        a, b = self.stem(x).chunk(2, dim=1)
+        return self.head(torch.cat([a, self.branch(b)], dim=1))
+
+
+def names(members):
+    return {m.name for m in members}
+
+
+def _randomize_norms(model):
+    # Fresh norms are the identity at eval; random statistics make a wrongly sliced channel visible.
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.rand(m.num_features, generator=gen) - 0.5)
+                m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+                m.bias.copy_(torch.rand(m.num_features, generator=gen) - 0.5)
+    return model.eval()
+
+
+def _prune_and_slim(model, x, amount=0.5):
+    """Prune half the prunable filters, slice, and return (masked model, sliced model)."""
+    rlp.global_structured(conv_pairs(model), prune.LnStructured, n=1, amount=amount, model=model, example_inputs=x)
+    small = rlp.slim(model, x)  # verifies against the masked model
+    with torch.no_grad():
+        other = torch.randn_like(x)
+        torch.testing.assert_close(small(other), model(other), atol=1e-5, rtol=1e-4)
+    return model, small
+
+
+def _out_channels(model):
+    return {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+
+
+def test_functional_batch_norm_inside_a_norm_module_is_a_norm_member():
+    model = _randomize_norms(nn.Sequential(nn.Conv2d(3, 8, 3), BatchNormAct(8), nn.Conv2d(8, 4, 1)))
+    x = torch.randn(2, 3, 8, 8)
+    (group,) = rlp.channel_groups(model, x)
+    assert [(m.name, m.role) for m in group.members] == [("0", Role.PRODUCER), ("1", Role.NORM), ("2", Role.CONSUMER)]
+    masked, small = _prune_and_slim(model, x)
+    assert small[1].num_features == small[0].out_channels == 4
+    # Tracing the masked model (slim does) went through the pruning hooks of the traced-into norm: the tensors they
+    # set must be tensors again afterwards, not torch.fx proxies.
+    assert type(masked[1].weight) is torch.Tensor and copy.deepcopy(masked) is not None
+
+
+def test_ghost_module_is_pruned_where_its_cut_is_the_whole_concat():
+    model = _randomize_norms(nn.Sequential(Ghost(3, 8), nn.Conv2d(8, 2, 1)))
+    x = torch.randn(2, 3, 6, 6)
+    (group,) = rlp.channel_groups(model, x)
+    assert [(m.name, m.role, m.offset) for m in group.members if m.role is not Role.NORM] == [
+        ("0.primary.0", Role.PRODUCER, 0), ("0.cheap.0", Role.TIED, 0), ("1", Role.CONSUMER, 0), ("1", Role.CONSUMER, 4),
+    ]  # fmt: skip
+    _, small = _prune_and_slim(model, x)
+    assert small[1].in_channels == 2 * small[0].primary[0].out_channels < 8
+
+
+def test_ghost_module_cut_inside_the_concat_keeps_its_channels():
+    # [:, :7] of 8 channels: the model's code slices at 7 whatever is pruned, so everything before 7 must stay.
+    groups = rlp.channel_groups(nn.Sequential(Ghost(3, 7), nn.Conv2d(7, 2, 1)), torch.randn(1, 3, 6, 6))
+    assert len(groups) == 0
+    assert "sliced at fixed positions by function 'getitem'" in groups.excluded["0.primary.0"]
+
+
+def test_split_with_constant_size_lets_only_the_last_piece_shrink():
+    model = _randomize_norms(CrossStage(3, 4))
+    x = torch.randn(2, 3, 6, 6)
+    groups = rlp.channel_groups(model, x)
+    by_producer = {(g.producers[0].name, g.producers[0].offset): g for g in groups}
+    # down's second half (offset 4) feeds only the block and may shrink; its first half is cut at a constant.
+    assert ("down", 4) in by_producer and by_producer["down", 4].size == 4
+    assert ("down", 0) not in by_producer and "split into pieces of fixed size" in groups.excluded["down"]
+    assert names(by_producer["down", 4].consumers) == {"block.0"}
+    assert by_producer["block.0", 0].consumers[0].offset == 4  # fuse reads the block after xs
+    _, small = _prune_and_slim(model, x)
+    assert small.down.out_channels < 8 and small.block[0].in_channels == small.down.out_channels - 4
+
+
+def test_prefix_slice_fixes_the_prefix_and_frees_the_rest():
+    model = DualPath(3, 5).eval()
+    x = torch.randn(2, 3, 6, 6)
+    groups = rlp.channel_groups(model, x)
+    conv_groups = [g for g in groups if g.producers[0].name == "conv"]
+    assert [(g.size, g.producers[0].offset) for g in conv_groups] == [(6, 5)]
+    assert names(conv_groups[0].consumers) == {"dense"}
+    # The residual is added to the fixed prefix, so it stays too.
+    assert "sliced at fixed positions" in groups.excluded["resid"]
+    _, small = _prune_and_slim(model, x)
+    assert small.conv.out_channels == 5 + small.dense.in_channels < 11
+
+
+def test_grouped_convs_in_residual_blocks_slice_exactly():
+    model = _randomize_norms(nn.Sequential(nn.Conv2d(3, 16, 3), ResNeXtBlock(16, 8, 4), ResNeXtBlock(16, 12, 3)))
+    x = torch.randn(2, 3, 8, 8)
+    groups = rlp.channel_groups(model, x)
+    grouped = {m.name: (g.size, m.expand) for g in groups for m in g.tied}
+    assert grouped == {"1.grouped.0": (4, 2), "2.grouped.0": (3, 4)}
+    _, small = _prune_and_slim(model, x)
+    for block in (small[1], small[2]):
+        conv = block.grouped[0]
+        assert conv.out_channels == conv.in_channels == conv.groups * (conv.weight.shape[1])
+    assert small[1].grouped[0].groups < 4 or small[2].grouped[0].groups < 3
+
+
+def test_depthwise_conv_with_a_channel_multiplier():
+    model = _randomize_norms(
+        nn.Sequential(nn.Conv2d(3, 6, 1), nn.Conv2d(6, 12, 3, groups=6), nn.BatchNorm2d(12), nn.Conv2d(12, 2, 1))
+    )
+    x = torch.randn(2, 3, 6, 6)
+    (group,) = rlp.channel_groups(model, x)
+    assert [(m.name, m.expand) for m in group.filters] == [("0", 1), ("1", 2)]
+    _, small = _prune_and_slim(model, x)
+    assert small[1].groups == small[0].out_channels and small[1].out_channels == 2 * small[0].out_channels
+
+
+def test_module_called_twice_shares_its_channels():
+    model = _randomize_norms(Siamese())
+    x = torch.randn(2, 3, 6, 6)
+    groups = rlp.channel_groups(model, x)
+    assert [(names(g.producers), names(g.norms), names(g.consumers)) for g in groups] == [
+        ({"stem"}, set(), {"shared"}), ({"shared"}, {"bn"}, {"head"}),
+    ]  # fmt: skip
+    _, small = _prune_and_slim(model, x)
+    assert small.shared.out_channels == small.bn.num_features < 8
+
+
+def test_chunk_whose_sizes_follow_the_tensor_keeps_both_halves():
+    groups = rlp.channel_groups(Shuffle(), torch.randn(1, 3, 4, 4))
+    assert "split into pieces of fixed size" in groups.excluded["stem"]
+    assert [g.producers[0].name for g in groups] == ["branch.0", "branch.2"]
+
+
+def test_save_and_load_a_model_whose_conv_output_is_split(tmp_path):
+    model = _randomize_norms(CrossStage(3, 4))
+    x = torch.randn(2, 3, 6, 6)
+    _, small = _prune_and_slim(model, x)
+    rlp.save(model, tmp_path / "m.pt", x)
+    loaded = rlp.load(tmp_path / "m.pt", _randomize_norms(CrossStage(3, 4)), x)
+    assert _out_channels(loaded) == _out_channels(small)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), small(x))

@@ -1,0 +1,35 @@
+"""Models people bring: timm's conv families, traced, pruned and sliced exactly (skipped without timm)."""
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+import torch_rlprune as rlp
+
+from conftest import conv_pairs
+
+timm = pytest.importorskip("timm")
+
+# One small member of each family whose channels reach the tracer in another way: timm's norm-and-activation
+# layers (F.batch_norm called by the norm module), grouped convs, split / slice / cat, squeeze-excitation gates.
+FAMILIES = ["mobilenetv2_050", "regnetx_002", "ghostnet_050", "resnext26ts", "dpn68", "cspresnet50", "efficientnet_b0"]
+
+
+def _share_prunable(model, groups):
+    filters = sum(m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d))
+    return sum(g.size * m.expand for g in groups for m in g.filters) / filters
+
+
+@pytest.mark.filterwarnings("ignore:global_structured. skipping convolutions")
+@pytest.mark.parametrize("name", FAMILIES)
+def test_timm_model_is_mostly_prunable_and_slices_exactly(name, one_thread):
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, num_classes=10).eval()
+    x = torch.randn(2, 3, 64, 64)
+    groups = rlp.channel_groups(model, x)
+    assert _share_prunable(model, groups) >= 0.75, groups.excluded
+    rlp.global_structured(conv_pairs(model), prune.LnStructured, n=1, amount=0.5, model=model, example_inputs=x,
+                          groups=groups)  # fmt: skip
+    small = rlp.slim(model, x, groups=groups)  # raises unless the sliced model computes what the masked one does
+    assert sum(p.numel() for p in small.parameters()) < 0.7 * sum(p.numel() for p in model.parameters())
