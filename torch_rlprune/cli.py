@@ -186,8 +186,9 @@ def _add_pipeline(parser: argparse.ArgumentParser, *, single: bool) -> None:
     data.add_argument("--augment", action=argparse.BooleanOptionalAction,
                       help="random crops and flips while training (default: on, except for digits)")
     data.add_argument("--model", metavar="NAME",
-                      help=f"basiccnn, or a torchvision classification model such as resnet18, built untrained with "
-                      f"num_classes of the data (default: {d.model})")  # fmt: skip
+                      help=f"basiccnn, a torchvision classification model such as resnet18, or timm:NAME for a timm "
+                      f"model such as timm:resnet18 (needs: pip install timm), built untrained with the classes and "
+                      f"channels of the data (default: {d.model})")  # fmt: skip
     data.add_argument("--width", type=_positive_float, metavar="W", help=f"filter multiplier of basiccnn (default: {d.width})")
     data.add_argument("--seed", type=_count(0), help=f"seeds the split, the init, the data order and the search (default: {d.seed})")
 
@@ -303,10 +304,15 @@ def _config(args: argparse.Namespace) -> pl.PipelineConfig:
     config = pl.PipelineConfig(**values)
     if getattr(args, "rewind_epoch", None) is None and config.rewind_epoch > config.epochs:
         config.rewind_epoch = config.epochs  # the default k, cut to a shorter schedule
+    return _validated(config)
+
+
+def _validated(config: pl.PipelineConfig, where: str = "") -> pl.PipelineConfig:
+    """``config.validate()``, with a bad setting or a model whose package is missing as a :class:`UsageError`."""
     try:
         return config.validate()
-    except ValueError as error:
-        raise UsageError(str(error)) from None
+    except (ValueError, ImportError) as error:
+        raise UsageError(f"{error}{where}") from None
 
 
 def _default_out(command: str) -> Path:
@@ -461,10 +467,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
             config.episodes = args.episodes
         if args.device is not None:
             config.device = args.device
-        try:
-            config.validate()
-        except ValueError as error:
-            raise UsageError(str(error)) from None
+        _validated(config)
         if not config.searches:
             raise UsageError(f"the run in {out} used the criterion {config.method}, which has no search to resume.")
     else:
@@ -493,11 +496,7 @@ def _step_config(out: Path, args: argparse.Namespace) -> pl.Workspace:
         config.rewind_to = args.rewind_to
     if args.device is not None:
         config.device = args.device
-    try:
-        config.validate()
-    except ValueError as error:
-        raise UsageError(f"{error} (settings from {out / 'config.json'})") from None
-    return config
+    return _validated(config, f" (settings from {out / 'config.json'})")
 
 
 def _cmd_slim(args: argparse.Namespace) -> int:
@@ -538,10 +537,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     amounts = args.amounts or [0.5, 0.7]
     seeds = args.seeds or [0]
     for amount in amounts:
-        try:
-            dataclasses.replace(config, amount=amount).validate()
-        except ValueError as error:
-            raise UsageError(str(error)) from None
+        _validated(dataclasses.replace(config, amount=amount))
     out = Path(args.out) if args.out else _default_out("compare")
     _new_run_folder(out, args.overwrite, ("compare.csv", "compare.json", "compare.md", "compare.png"))
     workspace = pl.Workspace(dataclasses.replace(config, seed=seeds[0]))
@@ -589,9 +585,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     r"""Run the ``torch-rlprune`` command line with ``argv`` (default: ``sys.argv[1:]``); return the exit status.
 
     0 on success; 2 for a mistake found while checking the arguments, before any work (an unknown model or
-    method, an amount outside (0, 1), a data folder that does not exist, a run folder that would be overwritten
-    without ``--overwrite``, an output folder that is not writable or whose disk lacks the room for the run); 1 for
-    an error the package reports during the work; 130 when interrupted. Each error is one line ``torch-rlprune: error: ...`` on stderr.
+    method, ``--model timm:NAME`` without timm, an amount outside (0, 1), a data folder that does not exist, a run
+    folder that would be overwritten without ``--overwrite``, an output folder that is not writable or whose disk
+    lacks the room for the run); 1 for an error the package reports during the work; 130 when interrupted. Each
+    error is one line ``torch-rlprune: error: ...`` on stderr.
 
     Example:
         >>> main(["run", "--amount", "1.5"])

@@ -5,8 +5,8 @@ does; the examples and the quickstart call them too. One run, for a :class:`Pipe
 
 1. load the data (:func:`torch_rlprune.data.load_data`): ``train``, a ``val`` split carved out of the training
    data, and ``test``. The search is rewarded on ``val`` only; ``test`` is read once, for the final report;
-2. build the model (``"basiccnn"``, or any torchvision classification model by name) under ``seed`` and take a
-   :class:`~torch_rlprune.LotteryTicket` snapshot ``"init"``;
+2. build the model (``"basiccnn"``, any torchvision classification model by name, or ``"timm:NAME"``; see
+   :func:`resolve_model`) under ``seed`` and take a :class:`~torch_rlprune.LotteryTicket` snapshot ``"init"``;
 3. train the dense model for ``epochs`` epochs (the *dense control*), taking snapshot ``"epoch<k>"`` after
    ``k = rewind_epoch`` of them, and measure it on ``test``;
 4. rewind the dense model to epoch ``k`` and search the mask there with ``method`` at ``amount`` of the filters
@@ -51,12 +51,15 @@ Example:
 from .comparison import compare, comparison_markdown, comparison_plot, comparison_table, write_comparison
 from .config import (
     METHODS,
+    MODEL_SOURCES,
     REWARDS,
     SEARCH_METHODS,
+    ModelSource,
     PipelineConfig,
     build_model,
     check_model_name,
     model_names,
+    resolve_model,
     snapshot_name,
 )
 from .maskfile import MASK_FORMAT, load_mask, save_mask, unslice
@@ -84,6 +87,9 @@ __all__ = [
     "measure",
     "cpu_latency",
     "model_names",
+    "resolve_model",
+    "MODEL_SOURCES",
+    "ModelSource",
     "OUTPUTS",
     "read_config",
     "prune_model",

@@ -1,4 +1,5 @@
-"""The settings of a pipeline run: :class:`PipelineConfig`, the method and reward names, and the model it builds."""
+"""The settings of a pipeline run: :class:`PipelineConfig`, the method and reward names, and the models it builds
+(``MODEL_SOURCES``, the one table of model specs)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import dataclasses
 import difflib
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
@@ -38,8 +39,10 @@ class PipelineConfig:
     r"""The settings of one pipeline run; every field has the default of ``torch-rlprune run``.
 
     Args:
-        model (str): ``"basiccnn"`` or a torchvision classification model such as ``"resnet18"`` (built with
-            ``torchvision.models.get_model(name, num_classes=...)``, untrained). Default: ``"basiccnn"``.
+        model (str): ``"basiccnn"``, a torchvision classification model such as ``"resnet18"`` (built with
+            ``torchvision.models.get_model(name, num_classes=...)``), or ``"timm:NAME"`` for a timm model (built
+            with ``timm.create_model(NAME, pretrained=False, num_classes=..., in_chans=...)``; needs ``pip install
+            timm``); always untrained. See :func:`resolve_model`. Default: ``"basiccnn"``.
         width (float): filter multiplier of ``"basiccnn"``. Default: 1.0.
         data (str): ``"digits"`` (offline), ``"cifar10"`` or ``"imagefolder:PATH"``. Default: ``"digits"``.
         data_root (str, optional): the folder of ``"cifar10"``.
@@ -187,52 +190,170 @@ def snapshot_name(epoch: int) -> str:
     return "init" if epoch == 0 else f"epoch{epoch}"
 
 
+@dataclass(frozen=True)
+class ModelSource:
+    r"""One family of model names a :class:`PipelineConfig` can build: how to list them and how to build one.
+
+    A model spec is ``"PREFIX:NAME"`` for a source with a prefix (``"timm:resnet18"``), or a bare name, looked up
+    in the sources without one (``"basiccnn"``, ``"resnet18"``).
+
+    Args:
+        prefix (str): what the spec starts with before the colon; ``""`` for bare names.
+        names (callable): ``() -> list[str]``, the names the source builds, without the prefix. Raises
+            ``ImportError`` naming the ``pip install`` when the package behind the source is missing.
+        build (callable): ``(name, num_classes, in_channels, image_size, config) -> nn.Module``, a model with
+            freshly initialised (untrained) weights.
+        listing (str): how a user lists the names, for error messages.
+    """
+
+    prefix: str
+    names: Callable[[], list[str]]
+    build: Callable[[str, int, int, int, PipelineConfig], nn.Module]
+    listing: str
+
+
+def _build_basiccnn(
+    name: str, num_classes: int, in_channels: int, image_size: int, config: PipelineConfig
+) -> nn.Module:
+    from ..models import BasicCNN
+
+    return BasicCNN(num_classes, in_channels, width=config.width, input_size=image_size)
+
+
+def _torchvision_names() -> list[str]:
+    import torchvision
+
+    return torchvision.models.list_models(module=torchvision.models)
+
+
+def _build_torchvision(
+    name: str, num_classes: int, in_channels: int, image_size: int, config: PipelineConfig
+) -> nn.Module:
+    import torchvision
+
+    if in_channels != 3:
+        raise ValueError(f"{name} takes 3-channel images; the data has {in_channels} channels.")
+    return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+
+
+def _timm() -> Any:
+    try:
+        import timm
+    except ImportError:  # timm is optional: only timm:NAME specs need it
+        raise ImportError("--model timm:NAME needs timm, which is not installed: pip install timm") from None
+    return timm
+
+
+def _build_timm(
+    name: str, num_classes: int, in_channels: int, image_size: int, config: PipelineConfig
+) -> nn.Module:
+    return _timm().create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels)
+
+
+#: Where model specs come from, in the order bare names are looked up: BasicCNN, torchvision's classification
+#: models, and ``timm:NAME`` for timm's (``pip install timm``). Every spec is checked and built through this table.
+MODEL_SOURCES = (
+    ModelSource("", lambda: ["basiccnn"], _build_basiccnn, "basiccnn"),
+    ModelSource("", _torchvision_names, _build_torchvision,
+                "a torchvision classification model (torchvision.models.list_models())"),
+    ModelSource("timm", lambda: _timm().list_models(), _build_timm, "timm:NAME (NAME from timm.list_models())"),
+)  # fmt: skip
+
+
+def _spec(source: ModelSource, name: str) -> str:
+    return f"{source.prefix}:{name}" if source.prefix else name
+
+
 def model_names() -> list[str]:
-    """The model names :class:`PipelineConfig` accepts: ``"basiccnn"`` and torchvision's classification models.
+    """The model specs :class:`PipelineConfig` accepts here: ``"basiccnn"``, torchvision's classification models
+    and, when timm is installed, ``"timm:NAME"`` for each of timm's models.
 
     Example:
         >>> names = model_names()
         >>> names[0], "resnet18" in names
         ('basiccnn', True)
     """
-    import torchvision
+    names = []
+    for source in MODEL_SOURCES:
+        try:
+            names += [_spec(source, name) for name in source.names()]
+        except ImportError:
+            pass  # the package of an optional source is not installed, so none of its names can be built
+    return names
 
-    return ["basiccnn", *torchvision.models.list_models(module=torchvision.models)]
+
+def resolve_model(spec: str) -> tuple[ModelSource, str]:
+    """The source in ``MODEL_SOURCES``, the one table of model specs, that builds ``spec``, and its name there.
+
+    Args:
+        spec (str): ``"basiccnn"``, a torchvision name such as ``"resnet18"``, or ``"timm:NAME"``.
+
+    Returns:
+        ``(source, name)``, with the prefix stripped from ``name``.
+
+    Raises:
+        ValueError: an unknown spec, with close matches from the same source.
+        ImportError: a source whose package is missing (``timm:NAME`` without timm), naming the ``pip install``.
+
+    Example:
+        >>> source, name = resolve_model("resnet18")
+        >>> source.listing, name
+        ('a torchvision classification model (torchvision.models.list_models())', 'resnet18')
+    """
+    prefix, colon, name = str(spec).partition(":")
+    if not colon:
+        prefix, name = "", str(spec)
+    sources = [s for s in MODEL_SOURCES if s.prefix == prefix]
+    if not sources:
+        raise ValueError(f"unknown model {spec!r}; use {_listings(MODEL_SOURCES)}.")
+    known = {}  # name -> spec, compared without the prefix that every candidate shares
+    for source in sources:
+        names = source.names()
+        if name in names:
+            return source, name
+        known.update((n, _spec(source, n)) for n in names)
+    close = [known[n] for n in difflib.get_close_matches(name, list(known), n=3)]
+    hint = f"; did you mean {', '.join(close)}?" if close else "."
+    # A bare name may have been meant for a source with a prefix, so its error lists them all.
+    raise ValueError(f"unknown model {spec!r}{hint} Use {_listings(sources if prefix else MODEL_SOURCES)}.")
+
+
+def _listings(sources: Sequence[ModelSource]) -> str:
+    listings = [s.listing for s in sources]
+    return " or ".join(filter(None, [", ".join(listings[:-1]), listings[-1]]))
 
 
 def check_model_name(name: str) -> None:
-    """Raise a ``ValueError`` (with close matches) unless ``name`` is one of :func:`model_names`.
+    """Raise a ``ValueError`` (with close matches) unless :func:`resolve_model` knows the model spec ``name``.
 
     Example:
         >>> check_model_name("resnet81")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        ValueError: unknown model 'resnet81'; did you mean resnet18, ...? Use basiccnn or a torchvision ...
+        ValueError: unknown model 'resnet81'; did you mean resnet18, ...? Use basiccnn, a torchvision ...
     """
-    names = model_names()
-    if name not in names:
-        close = difflib.get_close_matches(str(name), names, n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else "."
-        raise ValueError(
-            f"unknown model {name!r}{hint} Use basiccnn or a torchvision classification model "
-            "(torchvision.models.list_models())."
-        )
+    resolve_model(name)
 
 
 def build_model(config: PipelineConfig, num_classes: int, in_channels: int = 3, image_size: int = 32) -> nn.Module:
     """A freshly initialised model as ``config`` names it, built under ``config.seed`` (the same seed, the same init).
 
     The global random state is left as it was.
+
+    Args:
+        config (PipelineConfig): its ``model`` spec (see :func:`resolve_model`), ``width`` and ``seed``.
+        num_classes (int): classes of the data: the model's outputs.
+        in_channels (int): channels of the data's images. Default: 3.
+        image_size (int): side of the data's square images. Default: 32.
+
+    Returns:
+        The model, untrained, on the CPU.
+
+    Example:
+        >>> build_model(PipelineConfig(model="resnet18"), num_classes=7).fc.out_features
+        7
     """
+    source, name = resolve_model(config.model)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        if config.model == "basiccnn":
-            from ..models import BasicCNN
-
-            return BasicCNN(num_classes, in_channels, width=config.width, input_size=image_size)
-        import torchvision
-
-        check_model_name(config.model)
-        if in_channels != 3:
-            raise ValueError(f"{config.model} takes 3-channel images; the data has {in_channels} channels.")
-        return torchvision.models.get_model(config.model, weights=None, num_classes=num_classes)
+        return source.build(name, num_classes, in_channels, image_size, config)
