@@ -256,3 +256,70 @@ def test_save_and_load_a_model_whose_conv_output_is_split(tmp_path):
     assert _out_channels(loaded) == _out_channels(small)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), small(x))
+
+
+class ChannelAffine(nn.Module):
+    """A per-channel scale and shift that torch.fx cannot trace (its forward branches on the data)."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.weight = nn.Parameter(torch.rand(channels) + 0.5)
+        self.bias = nn.Parameter(torch.rand(channels) - 0.5)
+
+    def forward(self, x):
+        if x.isnan().any():
+            raise ValueError("nan")
+        return x * self.weight[:, None, None] + self.bias[:, None, None]
+
+
+class Gate(nn.Module):
+    """Two inputs multiplied channel by channel."""
+
+    def forward(self, a, b):
+        if a.shape != b.shape:
+            raise ValueError("shapes")
+        return a * b
+
+
+def test_registered_norm_module_is_taken_whole_and_sliced():
+    model = nn.Sequential(nn.Conv2d(3, 6, 3), ChannelAffine(6), nn.ReLU(), nn.Conv2d(6, 2, 1)).eval()
+    x = torch.randn(2, 3, 6, 6)
+    with pytest.raises(ValueError, match="torch.fx could not trace"):
+        rlp.channel_groups(model, x)
+    rlp.register_channel_op(ChannelAffine, "norm")
+    (group,) = rlp.channel_groups(model, x)
+    assert [(m.name, m.role) for m in group.members] == [("0", Role.PRODUCER), ("1", Role.NORM), ("3", Role.CONSUMER)]
+    _, small = _prune_and_slim(model, x)
+    assert small[1].weight.shape == small[1].bias.shape == (small[0].out_channels,) == (3,)
+
+
+def test_registered_elementwise_module_couples_its_inputs():
+    class TwoBranch(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.gate, self.head = nn.Conv2d(3, 5, 1), nn.Conv2d(3, 5, 1), Gate(), nn.Conv2d(5, 2, 1)
+
+        def forward(self, x):
+            return self.head(self.gate(self.a(x), torch.sigmoid(self.b(x))))
+
+    rlp.register_channel_op(Gate, "elementwise")
+    model = TwoBranch().eval()
+    x = torch.randn(2, 3, 4, 4)
+    (group,) = rlp.channel_groups(model, x)
+    assert names(group.producers) == {"a", "b"}
+    _, small = _prune_and_slim(model, x)
+    assert small.a.out_channels == small.b.out_channels == small.head.in_channels < 5
+
+
+@pytest.mark.parametrize(
+    "op, kind, error, message",
+    [
+        (ChannelAffine, "linear", ValueError, "kind must be one of 'passthrough', 'elementwise', 'norm'"),
+        (torch.sigmoid, "norm", ValueError, "kind 'norm' is for module types"),
+        (42, "passthrough", TypeError, "op must be an nn.Module subclass, a function or a tensor method name"),
+    ],
+    ids=["unknown-kind", "norm-function", "not-an-op"],
+)
+def test_register_channel_op_refuses_bad_input(op, kind, error, message):
+    with pytest.raises(error, match=message):
+        rlp.register_channel_op(op, kind)

@@ -5,7 +5,8 @@ The data flows one way: a model is traced into channel groups (:func:`channel_gr
 ``torch.nn.utils.prune`` masks (:mod:`torch_rlprune.masks`) that :mod:`torch_rlprune.metrics` counts.
 """
 
-from . import criteria, data, lottery, metrics, models, rewards, training
+from . import channel_ops, criteria, data, lottery, metrics, models, rewards, training
+from .channel_ops import register_channel_op
 from .groups import ChannelGroup, ChannelGroups, Member, Role, channel_groups
 from .lottery import LotteryTicket, reinitialize, rewind
 from .masks import alive_channels, apply_channel_masks, effective_weight
@@ -29,6 +30,8 @@ __all__ = [
     "Member",
     "Role",
     "channel_groups",
+    "channel_ops",
+    "register_channel_op",
     "alive_channels",
     "apply_channel_masks",
     "effective_weight",

@@ -40,15 +40,14 @@ from torch.fx.passes.shape_prop import ShapeProp
 from torch.nn import functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
-from torchvision.ops import stochastic_depth
 
+from . import channel_ops
 from ._spaces import Spaces
 from ._state import hook_tensors_kept, preserved_state
 
 __all__ = ["Role", "Member", "ChannelGroup", "ChannelGroups", "channel_groups", "CONV_TYPES", "as_input_tuple"]
 
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_NORM_TYPES = (_BatchNorm, _InstanceNorm)
 
 ExampleInputs = Union[torch.Tensor, Sequence[torch.Tensor]]
 
@@ -213,35 +212,6 @@ class _Segment(NamedTuple):
 _Layout = tuple[_Segment, ...]
 
 
-_PASSTHROUGH_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid, nn.Tanh,
-    nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus, nn.Identity,
-    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
-    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Upsample,
-)  # fmt: skip
-
-_PASSTHROUGH_FUNCTIONS = {
-    F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu, F.gelu, F.silu, F.mish, F.hardswish, F.hardsigmoid,
-    F.hardtanh, F.softplus, F.sigmoid, F.tanh, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
-    F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
-    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
-    F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d, F.interpolate, F.pad,
-    torch.relu, torch.sigmoid, torch.tanh, torch.clone, torch.clamp, torch.abs, torch.neg, operator.neg,
-    torch.exp, torch.erf, stochastic_depth,
-}  # fmt: skip
-
-_PASSTHROUGH_METHODS = {
-    "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "clamp", "clamp_", "clone", "contiguous", "detach",
-    "abs", "neg", "to", "float", "half", "bfloat16", "double", "type_as", "exp", "erf",
-}  # fmt: skip
-
-_ELEMENTWISE_FUNCTIONS = {
-    operator.add, operator.iadd, operator.sub, operator.isub, operator.mul, operator.imul, operator.truediv,
-    operator.itruediv, torch.add, torch.sub, torch.mul, torch.div, torch.maximum, torch.minimum,
-}  # fmt: skip
-_ELEMENTWISE_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_"}
 _CAT_FUNCTIONS = {torch.cat, torch.concat, torch.concatenate}
 _SPLIT_FUNCTIONS = {torch.split, torch.chunk, torch.tensor_split}
 _SPLIT_METHODS = {"split", "chunk", "tensor_split"}
@@ -592,7 +562,7 @@ class _GroupBuilder:
         """A module with state called again: its input channels meet the first call's, its output is the same."""
         src = self.single_input(node)
         first_input, first_output = self.calls[name]
-        shareable = isinstance(module, (*CONV_TYPES, *_NORM_TYPES)) and first_input
+        shareable = (isinstance(module, CONV_TYPES) or channel_ops.module_kind(module) == "norm") and first_input
         if src is None or not shareable:
             why = f"passes through module '{name}', which is called more than once"
             for _, layout in self.input_layouts(node):
@@ -610,16 +580,19 @@ class _GroupBuilder:
         if name in self.calls:
             return self.reused(node, name, module)
         src = self.single_input(node)
+        kind = channel_ops.module_kind(module)
         if isinstance(module, CONV_TYPES):
             out = self.conv(node, name, module)
-        elif isinstance(module, _NORM_TYPES):
+        elif kind == "norm":
             out = self.norm(node, name)
         elif isinstance(module, nn.Linear):
             out = self.linear(node, name)
         elif isinstance(module, nn.Flatten):
             return self.flatten(node, module.start_dim, module.end_dim)
-        elif isinstance(module, nn.PReLU) and module.num_parameters == 1 or isinstance(module, _PASSTHROUGH_MODULES):
+        elif isinstance(module, nn.PReLU) and module.num_parameters == 1 or kind == "passthrough":
             return self.passthrough(node)
+        elif kind == "elementwise":
+            return self.elementwise(node)
         else:
             return self.unknown(node)
         if src is not None:
@@ -628,9 +601,10 @@ class _GroupBuilder:
 
     def call_function(self, node: fx.Node) -> _Layout | None:
         target = node.target
-        if target in _PASSTHROUGH_FUNCTIONS:
+        kind = channel_ops.function_kind(target)
+        if kind == "passthrough":
             return self.passthrough(node)
-        if target in _ELEMENTWISE_FUNCTIONS:
+        if kind == "elementwise":
             return self.elementwise(node)
         if target in _CAT_FUNCTIONS:
             return self.cat(node)
@@ -652,9 +626,10 @@ class _GroupBuilder:
 
     def call_method(self, node: fx.Node) -> _Layout | None:
         method = str(node.target)
-        if method in _PASSTHROUGH_METHODS:
+        kind = channel_ops.method_kind(method)
+        if kind == "passthrough":
             return self.passthrough(node)
-        if method in _ELEMENTWISE_METHODS:
+        if kind == "elementwise":
             return self.elementwise(node)
         if method in _SPLIT_METHODS:
             return self.split(node)
@@ -718,6 +693,8 @@ class _Tracer(fx.Tracer):
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if module_qualified_name in self.leaf_names or (self.leaf_types and isinstance(m, self.leaf_types)):
+            return True
+        if isinstance(m, channel_ops.registered_module_types()):
             return True
         return super().is_leaf_module(m, module_qualified_name)
 

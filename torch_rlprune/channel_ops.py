@@ -1,0 +1,154 @@
+"""What the channel tracer knows about each op, and how users teach it their own.
+
+:func:`torch_rlprune.channel_groups` follows a channel through an op only when it knows how the op maps channels.
+This module is the one table of that knowledge for the ops that need no special handling, by kind:
+
+* ``"passthrough"``: output channel ``c`` depends on input channel ``c`` only (activations, pooling, dropout,
+  padding);
+* ``"elementwise"``: several inputs meet channel by channel (add, mul; an input of one channel broadcasts);
+* ``"norm"`` (module types only): a per-channel norm whose ``weight``, ``bias``, ``running_mean`` and
+  ``running_var`` are indexed by channel, and which normalises every channel on its own.
+
+Convolutions, ``Linear``, ``flatten``, concatenation, ``split``/``chunk``, slicing and reductions are modelled by
+the tracer itself. Anything else is opaque: the channels that reach it are never pruned.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from typing import Union
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.instancenorm import _InstanceNorm
+from torchvision.ops import stochastic_depth
+
+__all__ = ["KINDS", "register_channel_op", "module_kind", "function_kind", "method_kind", "registered_module_types"]
+
+#: The kinds of op a user can register.
+KINDS = ("passthrough", "elementwise", "norm")
+
+Op = Union[type, Callable[..., object], str]
+
+_MODULES: dict[type, str] = {
+    **dict.fromkeys((_BatchNorm, _InstanceNorm), "norm"),
+    **dict.fromkeys((
+        nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid, nn.Tanh,
+        nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus, nn.Identity,
+        nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+        nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+        nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+        nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Upsample,
+    ), "passthrough"),
+}  # fmt: skip
+
+# Module types registered by users, taken whole by the tracer (torch.nn's own are taken whole anyway).
+_REGISTERED: set[type] = set()
+
+_FUNCTIONS: dict[Callable[..., object], str] = {
+    **dict.fromkeys((
+        F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu, F.gelu, F.silu, F.mish, F.hardswish,
+        F.hardsigmoid, F.hardtanh, F.softplus, F.sigmoid, F.tanh, F.dropout, F.dropout1d, F.dropout2d,
+        F.dropout3d, F.alpha_dropout, F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d,
+        F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.adaptive_max_pool1d,
+        F.adaptive_max_pool2d, F.adaptive_max_pool3d, F.interpolate, F.pad, torch.relu, torch.sigmoid, torch.tanh,
+        torch.clone, torch.clamp, torch.abs, torch.neg, torch.exp, torch.erf, operator.neg, stochastic_depth,
+    ), "passthrough"),
+    **dict.fromkeys((
+        operator.add, operator.iadd, operator.sub, operator.isub, operator.mul, operator.imul, operator.truediv,
+        operator.itruediv, torch.add, torch.sub, torch.mul, torch.div, torch.maximum, torch.minimum,
+    ), "elementwise"),
+}  # fmt: skip
+
+_METHODS: dict[str, str] = {
+    **dict.fromkeys((
+        "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "clamp", "clamp_", "clone", "contiguous",
+        "detach", "abs", "neg", "to", "float", "half", "bfloat16", "double", "type_as", "exp", "erf",
+    ), "passthrough"),
+    **dict.fromkeys(("add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_"), "elementwise"),
+}  # fmt: skip
+
+
+def register_channel_op(op: Op, kind: str) -> None:
+    r"""Tell :func:`torch_rlprune.channel_groups` how a custom op maps channels.
+
+    Registered module types are not traced into: the tracer takes them whole, as it takes ``nn.ReLU``, so their
+    ``forward`` need not be traceable by :mod:`torch.fx`. Subclasses of a registered type share its kind.
+
+    Args:
+        op (type, callable or str): a module type (a subclass of ``nn.Module``), a function as the model calls it
+            (``my_ops.swish``), or the name of a tensor method (``"swish_"``).
+        kind (str): ``"passthrough"`` (output channel ``c`` depends on input channel ``c`` only; the op holds no
+            per-channel state), ``"elementwise"`` (its tensor inputs meet channel by channel), or, for a module
+            type, ``"norm"`` (``weight``, ``bias`` and running statistics are per channel, and every channel is
+            normalised on its own; slicing cuts those tensors and ``num_features`` where the module has it).
+
+    Raises:
+        ValueError: an unknown ``kind``, or ``"norm"`` for something else than a module type.
+        TypeError: ``op`` is none of the above.
+
+    Example:
+        >>> import torch
+        >>> import torch.nn as nn
+        >>> import torch_rlprune as rlp
+        >>> class Swish(nn.Module):
+        ...     def forward(self, x):
+        ...         return x * torch.sigmoid(x) if x.sum() != 0 else x  # data-dependent: torch.fx cannot trace it
+        >>> model = nn.Sequential(nn.Conv2d(3, 8, 3), Swish(), nn.Conv2d(8, 4, 3))
+        >>> rlp.channel_groups(model, torch.randn(1, 3, 8, 8))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: channel_groups: torch.fx could not trace Sequential ...
+        >>> rlp.register_channel_op(Swish, "passthrough")
+        >>> [g.name for g in rlp.channel_groups(model, torch.randn(1, 3, 8, 8))]
+        ['0']
+    """
+    if kind not in KINDS:
+        raise ValueError(f"register_channel_op: kind must be one of {', '.join(map(repr, KINDS))}, got {kind!r}.")
+    if isinstance(op, type) and issubclass(op, nn.Module):
+        _MODULES[op] = kind
+        _REGISTERED.add(op)
+        return
+    if kind == "norm":
+        raise ValueError(
+            f"register_channel_op: kind 'norm' is for module types, whose per-channel tensors slicing can cut; "
+            f"got {op!r}. Register the module class that owns the weight and bias."
+        )
+    if isinstance(op, str):
+        _METHODS[op] = kind
+    elif callable(op):
+        _FUNCTIONS[op] = kind
+    else:
+        raise TypeError(
+            "register_channel_op: op must be an nn.Module subclass, a function or a tensor method name, "
+            f"got {type(op).__name__}."
+        )
+
+
+def module_kind(module: nn.Module) -> str | None:
+    """The kind of ``module`` (by its type or the nearest registered base class), or ``None``."""
+    for cls in type(module).__mro__:
+        if cls in _MODULES:
+            return _MODULES[cls]
+    return None
+
+
+def registered_module_types() -> tuple[type, ...]:
+    """The module types users registered: the tracer takes them whole instead of tracing into them."""
+    return tuple(_REGISTERED)
+
+
+def function_kind(function: object) -> str | None:
+    """The kind of a function a traced graph calls, or ``None``."""
+    try:
+        return _FUNCTIONS.get(function)  # type: ignore[arg-type]
+    except TypeError:  # an unhashable target is nothing registered
+        return None
+
+
+def method_kind(name: str) -> str | None:
+    """The kind of a tensor method, by name, or ``None``."""
+    return _METHODS.get(name)
