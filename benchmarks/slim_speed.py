@@ -2,8 +2,9 @@
 
 Run by hand (nothing here is collected by pytest)::
 
-    python benchmarks/slim_speed.py            # the full run: a few minutes on 2 CPU cores
-    python benchmarks/slim_speed.py --quick    # a smoke run: well under a minute
+    python benchmarks/slim_speed.py                  # the full run: a few minutes on 2 CPU cores
+    python benchmarks/slim_speed.py --quick          # a smoke run: well under a minute
+    python benchmarks/slim_speed.py --round-to 8,16  # the multiples table 2 compares (the default)
 
 Table 1, for BasicCNN and torchvision's resnet18 at several filter sparsities (global L1 structured pruning
 with :func:`torch_rlprune.global_structured`): parameters and MACs per example dense and after (from
@@ -13,7 +14,12 @@ each measured with :class:`torch.utils.benchmark.Timer` in eval mode under ``tor
 speed-up (masked / sliced latency) is compared with the theoretical one (dense MACs / sliced MACs); the goal is
 realised >= 0.7 x theoretical.
 
-Table 2, on torchvision's resnet50 at 50%: the time ``slim`` takes with and without ``verify``, beside the time
+Table 2, for the same two models at one sparsity: the latency of the sliced model pruned without rounding beside
+the same pruning with ``round_to`` (every layer keeps a multiple of 8, 16, ... filters; see
+:func:`torch_rlprune.global_structured`), timed side by side in the same interleaved rounds, with the filters and
+MACs each keeps: whether widths that suit SIMD registers save more time than the filters rounding adds cost.
+
+Table 3, on torchvision's resnet50 at 50%: the time ``slim`` takes with and without ``verify``, beside the time
 Torch-Pruning (``pip install -e '.[bench]'``) takes to build its dependency graph and physically prune exactly the
 same channels from a fresh copy of the unpruned model, and whether each result computes what the masked model
 computes.
@@ -55,12 +61,13 @@ class Config:
     min_run_time: float  # seconds per latency measurement (at least)
     rounds: int  # interleaved rounds of dense / masked / sliced timing
     repeats: int  # repeats of each slim / Torch-Pruning timing (median reported)
+    round_to_sparsity: float  # the sparsity of the round_to comparison
 
 
 FULL = Config(sparsities=(0.5, 0.7, 0.9), batch=64, resnet18_size=224, resnet50_size=224,
-              min_runs=4, min_run_time=1.0, rounds=2, repeats=3)  # fmt: skip
+              min_runs=4, min_run_time=1.0, rounds=2, repeats=3, round_to_sparsity=0.7)  # fmt: skip
 QUICK = Config(sparsities=(0.5,), batch=16, resnet18_size=64, resnet50_size=112,
-               min_runs=1, min_run_time=0.1, rounds=1, repeats=2)  # fmt: skip
+               min_runs=1, min_run_time=0.1, rounds=1, repeats=2, round_to_sparsity=0.5)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -80,13 +87,13 @@ def convs_of(model: nn.Module) -> list[tuple[nn.Module, str]]:
     return [(m, "weight") for m in model.modules() if isinstance(m, nn.Conv2d)]
 
 
-def masked_copy(dense: nn.Module, amount: float, example: torch.Tensor) -> nn.Module:
+def masked_copy(dense: nn.Module, amount: float, example: torch.Tensor, round_to: int | None = None) -> nn.Module:
     """A copy of ``dense`` with ``amount`` of its filters masked by global L1 structured pruning."""
     model = copy.deepcopy(dense)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # convs that reach the output (none in these models) would warn
-        rlp.global_structured(convs_of(model), prune.LnStructured, n=1, amount=amount, model=model,
-                              example_inputs=example)  # fmt: skip
+        rlp.global_structured(convs_of(model), prune.LnStructured, n=1, amount=amount, round_to=round_to,
+                              model=model, example_inputs=example)  # fmt: skip
     return model.eval()
 
 
@@ -191,7 +198,42 @@ def latency_table(name: str, dense: nn.Module, size: int, cfg: Config, threads: 
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Table 2: time to slim resnet50, and Torch-Pruning's time to prune the same channels
+# Table 2: latency of the sliced model with and without round_to
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def conv_widths(model: nn.Module) -> list[int]:
+    return [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
+
+
+def round_to_table(name: str, dense: nn.Module, size: int, multiples: list[int], cfg: Config, threads: int) -> None:
+    """Print the latency of ``dense`` sliced at one sparsity without rounding and with each of ``multiples``."""
+    dense.eval()
+    example = torch.randn(1, 3, size, size)
+    x = torch.randn(cfg.batch, 3, size, size)
+    amount = cfg.round_to_sparsity
+    sliced = {"none": rlp.slim(masked_copy(dense, amount, example), example)}
+    for round_to in multiples:
+        sliced[str(round_to)] = rlp.slim(masked_copy(dense, amount, example, round_to), example)
+    load = OtherLoad()
+    ms = latencies_ms(sliced, x, cfg, threads)
+    macs = {key: model_stats(model, example).macs for key, model in sliced.items()}
+    header = ["round_to", "filters kept", "widths multiples?", "MACs", "sliced ms", "MACs / none", "speed-up / none"]
+    rows = []
+    for key, model in sliced.items():
+        widths = conv_widths(model)
+        multiple = "" if key == "none" else "yes" if all(w % int(key) == 0 for w in widths) else "NO"
+        rows.append([key, str(sum(widths)), multiple, human(macs[key]), f"{ms[key]:.2f}",
+                     f"{macs[key] / macs['none']:.3f}", f"{ms['none'] / ms[key]:.2f}"])  # fmt: skip
+    title = (f"{name}: {amount:.0%} of filters (global L1), sliced, input {cfg.batch}x3x{size}x{size}, {threads} "
+             f"threads, latency = median over {cfg.rounds} interleaved round(s) of all rows; filters kept = summed "
+             "conv widths (coupled convs each count)")  # fmt: skip
+    print_table(title, header, rows)
+    print(load.report())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Table 3: time to slim resnet50, and Torch-Pruning's time to prune the same channels
 # ----------------------------------------------------------------------------------------------------------------
 
 
@@ -276,11 +318,23 @@ def slim_time_table(cfg: Config) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def multiples(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or any(v < 2 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated ints >= 2, e.g. 8,16")
+    return values
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="one sparsity, small inputs, few runs (< 1 minute)")
     parser.add_argument("--threads", type=int, default=available_cores(),
                         help="torch threads (default: the cores available, %(default)s here)")  # fmt: skip
+    parser.add_argument("--round-to", type=multiples, default=[8, 16], metavar="R,R,...",
+                        help="the round_to values table 2 times beside no rounding (default: 8,16)")  # fmt: skip
     args = parser.parse_args(argv)
     cfg = QUICK if args.quick else FULL
     torch.set_num_threads(args.threads)
@@ -301,6 +355,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  - {miss}")
     else:
         print(f"\nEvery row meets the goal (realised >= {GOAL} x theoretical).")
+    torch.manual_seed(0)
+    round_to_table("BasicCNN", rlp.models.BasicCNN(), 32, args.round_to, cfg, args.threads)
+    torch.manual_seed(0)
+    round_to_table("resnet18 (num_classes=10)", torchvision.models.resnet18(num_classes=10), cfg.resnet18_size,
+                   args.round_to, cfg, args.threads)  # fmt: skip
     slim_time_table(cfg)
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
     return 0

@@ -18,11 +18,21 @@ from .features import filter_features
 from .groups import CONV_TYPES, ChannelGroup, ChannelGroups, ExampleInputs, channel_groups, device_of
 from .masks import alive_channels, apply_channel_masks, effective_weight
 from .rewards import check_reward
-from .search import AnnealingStrategy, RandomStrategy, ReinforceStrategy, SearchResult, SearchStrategy, run_search
+from .search import (
+    AnnealingStrategy,
+    RandomStrategy,
+    ReinforceStrategy,
+    RoundedStrategy,
+    SearchResult,
+    SearchStrategy,
+    run_search,
+)
 from .selection import (
     NORMALIZATIONS,
     channels_to_prune,
     check_budget,
+    check_round_to,
+    keep_floors,
     min_keep_counts,
     normalize_scores,
     select_channels,
@@ -162,6 +172,7 @@ def global_structured(
     example_inputs: ExampleInputs,
     amount: float | int,
     min_keep: float | int = 1,
+    round_to: int | None = None,
     normalize: str = "mean",
     groups: ChannelGroups | None = None,
     **kwargs: Any,
@@ -191,6 +202,14 @@ def global_structured(
     groups' channels that are still unpruned, an int their number. A channel of a coupled group counts once.
     Like the built-in methods, pruning an already pruned model prunes ``amount`` of what is left.
 
+    **Rounding.** With ``round_to=8`` (or 16, ...) every group keeps a multiple of 8 of its unpruned channels, or
+    all of them, so that the sliced layers (see :func:`torch_rlprune.slim`) have widths that fill SIMD registers
+    and tensor-core tiles. Each group's ``min_keep`` is rounded up to a multiple (a group of fewer than 8 channels
+    stays whole unless ``min_keep=0``), and the channels a group may lose are cut, in the group's order of score,
+    into blocks of 8 that compete in the global ranking by their mean score, each pruned whole. Rounding goes
+    towards keeping: at most ``amount`` filters are pruned, and fewer by less than ``round_to`` in all. The searches honour it too: each keep-set they propose is rounded the same way before it
+    is evaluated (see :class:`torch_rlprune.search.RoundedStrategy`).
+
     Args:
         parameters (Iterable of (module, name) tuples): ``(conv, "weight")`` pairs whose filters may be pruned.
         pruning_method (type or str): ``prune.LnStructured``, ``prune.RandomStructured``, or a criterion name.
@@ -201,6 +220,8 @@ def global_structured(
         amount (int or float): the number (int) or fraction (float in [0, 1]) of unpruned filters to prune.
         min_keep (int or float): filters each group keeps at least, as a count (default 1) or as a fraction of the
             group's channels. Pass 0 to allow a layer to lose every filter.
+        round_to (int, optional): every group keeps a multiple of this many channels, or all of them, as
+            described above. Default: ``None`` (no rounding; ``1`` is the same).
         normalize (str): how scores are made comparable across groups, as described above. Default: ``"mean"``.
         groups (ChannelGroups, optional): channel groups already computed for ``model``; saves a trace.
         kwargs: the method's own arguments: ``n`` for ``prune.LnStructured``; ``seed`` for
@@ -214,8 +235,9 @@ def global_structured(
 
     Raises:
         TypeError: ``pruning_method`` is not structured or offers no scores, arguments of the wrong type.
-        ValueError: an amount out of range or beyond what ``min_keep`` allows, an empty ``parameters``, a
-            parameter that is not a convolution weight, no prunable group among ``parameters``.
+        ValueError: an amount out of range or beyond what ``min_keep`` allows (rounded up to ``round_to``), a
+            ``round_to`` below 1, an empty ``parameters``, a parameter that is not a convolution weight, no
+            prunable group among ``parameters``.
 
     Example:
         >>> import torch
@@ -230,11 +252,23 @@ def global_structured(
         True
         >>> sum(int(m.weight_mask.flatten(1).any(1).sum()) for m, _ in convs)
         480
+
+        Keeping multiples of 16 filters in every layer, for tensor cores:
+
+        >>> model = rlp.models.BasicCNN()
+        >>> convs = [(m, "weight") for m in model.modules() if isinstance(m, nn.Conv2d)]
+        >>> rlp.global_structured(convs, prune.LnStructured, n=1, amount=0.7, round_to=16,
+        ...                       model=model, example_inputs=torch.randn(1, 3, 32, 32))
+        >>> small = rlp.slim(model, torch.randn(1, 3, 32, 32))
+        >>> widths = [m.out_channels for m in small.modules() if isinstance(m, nn.Conv2d)]
+        >>> all(w % 16 == 0 for w in widths), sum(widths)  # 30% of 960 filters kept, 288, is a multiple of 16
+        (True, 288)
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"{_CALLER}: model= must be the torch.nn.Module the parameters belong to.")
     pairs = _check_parameters(parameters, model)
     criterion = _check_method(pruning_method, kwargs)
+    block = check_round_to(round_to, _CALLER)
     if normalize not in NORMALIZATIONS:
         raise ValueError(f"{_CALLER}: normalize={normalize!r}; choose one of {', '.join(NORMALIZATIONS)}.")
     if importance_scores is not None:
@@ -261,11 +295,13 @@ def global_structured(
     alive = [alive_channels(g) for g in chosen]
     n_prune = channels_to_prune(amount, int(sum(int(a.sum()) for a in alive)), _CALLER)
     keep_min = min_keep_counts([g.size for g in chosen], min_keep, _CALLER)
+    # Before any scoring or search, which may take long, so that an impossible budget fails at once.
+    check_budget([int(a.sum()) for a in alive], n_prune, keep_min, _CALLER, block)
 
     if isinstance(pruning_method, type) and issubclass(pruning_method, _SearchPruning):
         if importance_scores is not None:
             raise ValueError(f"{_CALLER}: {pruning_method.__name__} searches by reward; it takes no importance_scores.")
-        method = pruning_method(amount, min_keep=min_keep, **kwargs)
+        method = pruning_method(amount, min_keep=min_keep, round_to=round_to, **kwargs)
         keep = method.search_groups(model, chosen, alive, n_prune, keep_min, example_inputs)
         apply_channel_masks(chosen, keep)
         return method.result
@@ -286,7 +322,7 @@ def global_structured(
         if not torch.isfinite(s).all():
             raise ValueError(f"{_CALLER}: scores of group {group.name!r} contain NaN or inf; check the criterion.")
     scores = [normalize_scores(s, a, normalize) for s, a in zip(scores, alive)]
-    keep = select_channels(scores, alive, n_prune, keep_min, caller=_CALLER)
+    keep = select_channels(scores, alive, n_prune, keep_min, caller=_CALLER, round_to=block)
     apply_channel_masks(chosen, keep)
 
 
@@ -312,6 +348,7 @@ class _SearchPruning(prune.BasePruningMethod):
         batch: int | None = None,
         seed: int | None = None,
         min_keep: float | int = 1,
+        round_to: int | None = None,
         norms: str = "batch",
         evaluation: str = "auto",
         progress: bool = True,
@@ -336,6 +373,7 @@ class _SearchPruning(prune.BasePruningMethod):
             raise ValueError(f"{name}: episodes must be an int >= 1 (rewards to evaluate), got {episodes!r}.")
         if dim != 0:
             raise ValueError(f"{name}: dim={dim} is not supported; filters are pruned along dim 0.")
+        self.round_to = check_round_to(round_to, name)
         unknown = set(options) - set(self.option_names)
         if unknown:
             raise TypeError(f"{name} got unexpected argument(s) {', '.join(sorted(unknown))}; it takes "
@@ -370,6 +408,9 @@ class _SearchPruning(prune.BasePruningMethod):
     ) -> SearchResult:
         """Run the search over ``sum(group_sizes)`` filters and remember its result in :attr:`result`."""
         strategy = self._strategy(features, group_sizes, n_keep, min_keep, device)
+        if self.round_to > 1:
+            # Column 0 of both callers' features is the filter's L1 norm relative to its layer's mean.
+            strategy = RoundedStrategy(strategy, self.round_to, min_keep, features[:, 0])
         self.result = run_search(strategy, evaluate, episodes=self.episodes, batch=self.batch, **self.run_options)
         return self.result
 
@@ -393,8 +434,9 @@ class _SearchPruning(prune.BasePruningMethod):
         alive = current.flatten(1).ne(0).any(dim=1).cpu()
         n_alive = int(alive.sum())
         n_prune = channels_to_prune(self.amount, n_alive, type(self).__name__)
-        keep_min = min(min_keep_counts([alive.numel()], self.min_keep, type(self).__name__)[0], n_alive)
-        check_budget([n_alive], n_prune, [keep_min], type(self).__name__)
+        keep_min = keep_floors(min_keep_counts([alive.numel()], self.min_keep, type(self).__name__), [n_alive],
+                               self.round_to)  # fmt: skip
+        check_budget([n_alive], n_prune, keep_min, type(self).__name__, self.round_to)
         rows = alive.nonzero().reshape(-1)
         weights = orig.detach()[rows.to(orig.device)].flatten(1).float()
         features = torch.stack([_relative(weights.abs().sum(1)), _relative(weights.norm(dim=1))], dim=1).cpu()
@@ -410,7 +452,7 @@ class _SearchPruning(prune.BasePruningMethod):
             return check_reward(self.reward(module), self.reward)
 
         try:
-            result = self.search(features, [n_alive], n_alive - n_prune, [keep_min], evaluate, orig.device)
+            result = self.search(features, [n_alive], n_alive - n_prune, keep_min, evaluate, orig.device)
         finally:
             if had:
                 setattr(module, name, before)
@@ -431,8 +473,8 @@ class _SearchPruning(prune.BasePruningMethod):
     ) -> list[torch.Tensor]:
         """Search the alive channels of ``groups`` for the best keep-set of their size minus ``n_prune``."""
         sizes = [int(a.sum()) for a in alive]
-        floors = [min(k, s) for k, s in zip(keep_min, sizes)]
-        check_budget(sizes, n_prune, floors, type(self).__name__)
+        floors = keep_floors(keep_min, sizes, self.round_to)
+        check_budget(sizes, n_prune, floors, type(self).__name__, self.round_to)
         rows = torch.cat([a for a in alive])
         features = filter_features(model, groups, saliency=self.options.get("saliency"))[rows]
         evaluator = CandidateEvaluator(model, groups, example_inputs, norms=self.norms, mode=self.evaluation)
@@ -490,6 +532,9 @@ class RLStructuredPruning(_SearchPruning):
         batch (int): episodes per policy update. Default: 8.
         seed (int, optional): the same seed gives the same search and the same mask.
         min_keep (int or float): filters each layer keeps at least. Default: 1.
+        round_to (int, optional): every layer keeps a multiple of this many filters (or all of them): each
+            proposed keep-set is rounded before it is evaluated (see :class:`torch_rlprune.search.RoundedStrategy`),
+            keeping at least the budget and less than ``round_to`` filters over it. Default: ``None``.
         norms (str): ``"batch"`` or ``"eval"``, the statistics batch norms use while evaluating. Default:
             ``"batch"``.
         evaluation (str): how a candidate runs: ``"slice"`` (the sliced network), ``"mask"`` (the dense one with
@@ -543,7 +588,8 @@ class SimulatedAnnealingPruning(_SearchPruning):
     rule, with a geometric temperature schedule and a neighbourhood that shrinks as the temperature falls.
 
     It takes the arguments of :class:`RLStructuredPruning` (``amount``, ``reward``, ``episodes``, ``seed``,
-    ``min_keep``, ``norms``, ``checkpoint``, ...), with ``batch`` neighbours per step (default 1), and these options:
+    ``min_keep``, ``round_to``, ``norms``, ``checkpoint``, ...), with ``batch`` neighbours per step (default 1),
+    and these options:
 
     Args:
         t_start (float): initial temperature, in reward units. Default: 0.05.

@@ -22,6 +22,7 @@ import torch
 
 from .controller import ReinforceController, sample_keep
 from .rewards import check_reward
+from .selection import select_channels
 from .serialization import atomic_save, read_checked
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "ReinforceStrategy",
     "AnnealingStrategy",
     "RandomStrategy",
+    "RoundedStrategy",
     "SearchResult",
     "run_search",
 ]
@@ -225,6 +227,71 @@ class AnnealingStrategy:
         self.generator.set_state(state["generator"])
 
 
+class RoundedStrategy:
+    r"""Another strategy's keep-sets, rounded so that every group keeps a multiple of ``round_to`` filters.
+
+    Each proposed keep-set is replaced by the rounded keep-set closest to it: its kept filters are ranked above
+    its pruned ones (by ``tiebreak`` within each), and :func:`~torch_rlprune.selection.select_channels` cuts that
+    ranking at the same budget with ``round_to``. A group thus keeps the blocks of ``round_to`` that the proposal
+    mostly keeps; every group keeps a multiple of ``round_to`` filters or all of them, and the keep-set holds at
+    least ``n_keep`` filters and fewer than ``n_keep + round_to``. The rounded keep-sets are what the search
+    evaluates, records and returns; the strategy learns from its own proposals and their rewards. The rounding is
+    a fixed function of the proposal, so for REINFORCE it is part of the environment: the gradient estimate stays
+    unbiased, for the expected reward of the rounded keep-sets.
+
+    Args:
+        strategy (SearchStrategy): proposes the keep-sets to round.
+        round_to (int): the multiple every group's kept filters are rounded to.
+        min_keep (sequence of int): filters each group keeps at least (rounded up to a multiple of ``round_to``).
+        tiebreak (torch.Tensor): ``[N]`` non-negative per-filter values, e.g. L1 norms; a rounded keep-set adds
+            the pruned filters with the largest and drops the kept filters with the smallest.
+
+    Example:
+        >>> import torch
+        >>> from torch_rlprune.search import RandomStrategy, RoundedStrategy
+        >>> strategy = RoundedStrategy(RandomStrategy([16, 24], n_keep=20, min_keep=[1, 1], seed=0), round_to=8,
+        ...                            min_keep=[1, 1], tiebreak=torch.ones(40))
+        >>> keep, _ = strategy.propose(3)
+        >>> [[int(k[:16].sum()), int(k[16:].sum())] for k in keep]  # 20 filters, rounded up to 24
+        [[8, 16], [8, 16], [8, 16]]
+    """
+
+    def __init__(
+        self, strategy: SearchStrategy, round_to: int, min_keep: Sequence[int], tiebreak: torch.Tensor
+    ) -> None:
+        self.strategy, self.round_to, self.min_keep = strategy, round_to, list(min_keep)
+        # A checkpoint of a rounded search resumes only a search rounded alike.
+        self.kind = f"{strategy.kind}, round_to={round_to}"
+        self.group_sizes, self.n_keep = list(strategy.group_sizes), strategy.n_keep
+        t = tiebreak.detach().double().cpu().clamp(min=0)
+        # Below 0.5, so that it orders the kept filters among themselves and the pruned ones among themselves,
+        # never a pruned filter above a kept one.
+        self.tiebreak = 0.5 * t / (1 + t)
+
+    def _round(self, keep: torch.Tensor) -> torch.Tensor:
+        scores = (keep.cpu().double() + self.tiebreak).split(self.group_sizes)
+        alive = [torch.ones(size, dtype=torch.bool) for size in self.group_sizes]
+        n_prune = sum(self.group_sizes) - self.n_keep
+        rounded = select_channels(scores, alive, n_prune, self.min_keep, "RoundedStrategy", self.round_to)
+        return torch.cat(rounded).to(keep.device)
+
+    def propose(self, n: int) -> tuple[torch.Tensor, Any]:
+        keep, token = self.strategy.propose(n)
+        return torch.stack([self._round(k) for k in keep]), (keep, token)
+
+    def observe(self, token: Any, keep: torch.Tensor, rewards: torch.Tensor) -> dict[str, float]:
+        # The strategy learns from its own proposals: annealing moving from a rounded keep-set would undo every
+        # neighbour of a few swaps, which rounds back to the same widths, and never change a layer's width.
+        proposed, inner = token
+        return self.strategy.observe(inner, proposed, rewards)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.strategy.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.strategy.load_state_dict(state)
+
+
 @dataclass
 class SearchResult:
     """What a search found.
@@ -303,7 +370,8 @@ def _resume(path: PathLike, strategy: SearchStrategy, n_keep: int) -> SearchResu
     if theirs != mine:
         raise ValueError(
             f"resume: {path} belongs to another search (strategy, group sizes, filters kept = {theirs}, this one "
-            f"is {mine}); resume with the same method, model, amount and min_keep, or start a new checkpoint."
+            f"is {mine}); resume with the same method, model, amount, min_keep and round_to, or start a new "
+            "checkpoint."
         )
     strategy.load_state_dict(state["strategy"])
     return SearchResult(

@@ -12,6 +12,8 @@ __all__ = [
     "validate_amount",
     "channels_to_prune",
     "min_keep_counts",
+    "check_round_to",
+    "keep_floors",
     "check_budget",
     "select_channels",
     "normalize_scores",
@@ -63,13 +65,39 @@ def min_keep_counts(sizes: Sequence[int], min_keep: float | int, caller: str) ->
     return [math.ceil(float(min_keep) * size) for size in sizes]
 
 
-def check_budget(alive: Sequence[int], n_prune: int, min_keep: Sequence[int], caller: str) -> None:
-    """Raise ``ValueError`` if ``n_prune`` channels cannot go while group ``i`` keeps ``min_keep[i]`` of ``alive[i]``."""
-    free = sum(max(a - k, 0) for a, k in zip(alive, min_keep))
+def check_round_to(round_to: object, caller: str) -> int:
+    """Validate ``round_to`` (``None`` or an int >= 1); return the block size it means, 1 for ``None``."""
+    if round_to is None:
+        return 1
+    if isinstance(round_to, bool) or not isinstance(round_to, numbers.Integral):
+        raise TypeError(
+            f"{caller}: round_to must be an int >= 1, the multiple every layer's kept filters are rounded to "
+            f"(e.g. round_to=8), or None; got {type(round_to).__name__}."
+        )
+    if round_to < 1:
+        raise ValueError(f"{caller}: round_to={round_to}; pass an int >= 1 (e.g. 8 or 16), or None not to round.")
+    return int(round_to)
+
+
+def keep_floors(min_keep: Sequence[int], alive: Sequence[int], round_to: int = 1) -> list[int]:
+    """Channels group ``i`` keeps at least: ``min_keep[i]`` rounded up to a multiple of ``round_to``, at most
+    ``alive[i]`` (a group with fewer alive channels than its rounded minimum keeps them all)."""
+    return [min(-(-k // round_to) * round_to, a) for k, a in zip(min_keep, alive)]
+
+
+def check_budget(alive: Sequence[int], n_prune: int, min_keep: Sequence[int], caller: str, round_to: int = 1) -> None:
+    """Raise ``ValueError`` if ``n_prune`` channels cannot go while group ``i`` keeps ``min_keep[i]`` of ``alive[i]``.
+
+    With ``round_to`` > 1 the minima are first rounded up as :func:`keep_floors` rounds them.
+    """
+    floors = keep_floors(min_keep, alive, round_to)
+    free = sum(max(a - k, 0) for a, k in zip(alive, floors))
     if n_prune > free:
+        rounded = f" rounded up to a multiple of round_to={round_to}" if round_to > 1 else ""
+        fix = "Lower amount, min_keep or round_to." if round_to > 1 else "Lower amount or min_keep."
         raise ValueError(
-            f"{caller}: cannot prune {n_prune} filters while every layer keeps its minimum (min_keep); "
-            f"at most {free} can go. Lower amount or min_keep."
+            f"{caller}: cannot prune {n_prune} filters while every layer keeps its minimum (min_keep{rounded}); "
+            f"at most {free} can go. {fix}"
         )
 
 
@@ -90,40 +118,79 @@ def select_channels(
     n_prune: int,
     min_keep: Sequence[int],
     caller: str = "select_channels",
+    round_to: int = 1,
 ) -> list[torch.Tensor]:
     """Prune the ``n_prune`` lowest-scoring alive channels over all groups, keeping ``min_keep[i]`` in group ``i``.
 
     In each group the ``min_keep`` best alive channels are protected; the rest compete in one global ranking.
     Ties are broken by group order, then channel order, so the result is deterministic.
 
+    With ``round_to`` > 1 every group keeps a multiple of ``round_to`` alive channels, or all of them. Each
+    group's minimum is rounded up to a multiple (at most the group's alive channels), and the channels below it,
+    in the group's order of score, form blocks of ``round_to``; the last block holds the remainder where the
+    group's alive channels are not a multiple. Blocks compete in the global ranking by their mean score, and a
+    block is pruned whole, lowest first, while it fits in what is left of ``n_prune``. Rounding thus never prunes
+    more than ``n_prune``, and prunes fewer by less than ``round_to`` in all. ``round_to=1`` is the plain ranking.
+
     Args:
         scores (sequence of torch.Tensor): per-channel scores, one 1-D tensor per group (higher is more important).
         alive (sequence of torch.Tensor): boolean tensors, ``True`` for channels not yet pruned.
-        n_prune (int): how many alive channels to prune in all.
+        n_prune (int): how many alive channels to prune in all (at most; see ``round_to``).
         min_keep (sequence of int): channels each group keeps at least.
+        caller (str): the function named in error messages.
+        round_to (int): the multiple each group's kept channels are rounded to. Default: 1 (no rounding).
 
     Returns:
         One boolean keep mask per group (already pruned channels stay ``False``).
 
     Raises:
-        ValueError: if ``n_prune`` alive channels cannot go without breaking a group's minimum.
+        ValueError: if ``n_prune`` alive channels cannot go without breaking a group's (rounded) minimum.
+
+    Example:
+        >>> import torch
+        >>> scores = [torch.arange(20.0), torch.arange(12.0)]
+        >>> alive = [torch.ones(20, dtype=torch.bool), torch.ones(12, dtype=torch.bool)]
+        >>> [int(k.sum()) for k in select_channels(scores, alive, 14, [1, 1])]
+        [13, 5]
+        >>> [int(k.sum()) for k in select_channels(scores, alive, 14, [1, 1], round_to=8)]
+        [16, 8]
     """
-    candidates_score: list[torch.Tensor] = []
-    candidates_at: list[tuple[int, torch.Tensor]] = []
-    keep = [a.clone() for a in alive]
-    for g, (s, a, k) in enumerate(zip(scores, alive, min_keep)):
+    sizes = [int(a.sum()) for a in alive]
+    floors = keep_floors(min_keep, sizes, round_to)
+    channels, block_ids, channel_scores = [], [], []
+    n_blocks, offset = 0, 0
+    for s, a, floor in zip(scores, alive, floors):
         idx = a.nonzero().reshape(-1)
         order = torch.sort(s[idx].double().cpu(), descending=True, stable=True).indices
-        free = idx[order[min(k, idx.numel()) :]]
-        candidates_score.append(s[free].double().cpu())
-        candidates_at.append((g, free))
-    check_budget([int(a.sum()) for a in alive], n_prune, list(min_keep), caller)
+        free = idx[order[floor:]]
+        full, remainder = divmod(free.numel(), round_to)
+        # Blocks numbered in ranking order, except that a remainder (the group's lowest channels) comes first:
+        # it must go before any full block of its group, or the group would keep a count that is no multiple,
+        # and on equal means the earlier block is pruned first.
+        ids = torch.arange(free.numel()) // round_to + (1 if remainder else 0)
+        ids[full * round_to :] = 0
+        channels.append(free + offset)
+        block_ids.append(ids + n_blocks)
+        channel_scores.append(s[free].double().cpu())
+        n_blocks += full + (1 if remainder else 0)
+        offset += a.numel()
+    check_budget(sizes, n_prune, floors, caller, round_to)
     if n_prune == 0:
-        return keep
-    flat = torch.cat(candidates_score)
-    owner = torch.cat([torch.full((f.numel(),), g) for g, f in candidates_at])
-    channel = torch.cat([f for _, f in candidates_at])
-    chosen = torch.sort(flat, stable=True).indices[:n_prune]
-    for g, c in zip(owner[chosen].tolist(), channel[chosen].tolist()):
-        keep[g][c] = False
-    return keep
+        return [a.clone() for a in alive]
+    block_of = torch.cat(block_ids)
+    size = torch.bincount(block_of, minlength=n_blocks)
+    mean = torch.zeros(n_blocks, dtype=torch.float64).index_add_(0, block_of, torch.cat(channel_scores)) / size
+    ranked = torch.sort(mean, stable=True).indices
+    # Blocks are pruned lowest first while they fit in the budget: the longest prefix of the ranking, then such
+    # of the smaller remainders further on as still fit (no full block can, as less than one is left).
+    fits = int((size[ranked].cumsum(0) <= n_prune).sum())
+    pruned = torch.zeros(n_blocks, dtype=torch.bool)
+    pruned[ranked[:fits]] = True
+    left = n_prune - int(size[ranked[:fits]].sum())
+    for b in ranked[fits:][size[ranked[fits:]] <= left].tolist():
+        if size[b] <= left:
+            pruned[b] = True
+            left -= int(size[b])
+    flat = torch.cat(list(alive))
+    flat[torch.cat(channels)[pruned[block_of]]] = False
+    return list(flat.split([a.numel() for a in alive]))
