@@ -1,7 +1,10 @@
+import copy
+
 import pytest
 import torch
 import torchvision
 from torch import nn
+from torch.nn.utils import prune
 
 import torch_rlprune as rlp
 from torch_rlprune import Role
@@ -177,3 +180,21 @@ def test_group_of_finds_filters_of_producers_and_tied_convs():
     assert groups.group_of(dw) is groups.group_of(model.features[2].conv[0][0])
     assert groups.group_of(model.classifier[1]) is None
     assert all(m.role in (Role.PRODUCER, Role.TIED) for m in groups[0].filters)
+
+
+def test_groups_are_traced_once_per_structure_and_input_shape():
+    model = rlp.models.BasicCNN(width=0.25)
+    x = torch.randn(1, 3, 32, 32)
+    groups = rlp.channel_groups(model, x)
+    assert rlp.channel_groups(model, x) is groups
+    assert rlp.channel_groups(model, torch.randn(2, 3, 32, 32)) is not groups  # another input shape
+    groups = rlp.channel_groups(model, x)
+    convs = [(m, "weight") for m in model.modules() if isinstance(m, nn.Conv2d)]
+    rlp.global_structured(convs, prune.LnStructured, n=1, amount=0.5, model=model, example_inputs=x)
+    assert rlp.channel_groups(model, x) is groups  # masks leave the channels where they were
+    rlp.slim(model, x, inplace=True)
+    sliced = rlp.channel_groups(model, x)
+    assert sliced is not groups
+    assert [g.size for g in sliced] == [m.out_channels for m in model.features if isinstance(m, nn.Conv2d)]
+    model.features[0] = copy.deepcopy(model.features[0])  # a new module object, equal to the old
+    assert rlp.channel_groups(model, x) is not sliced

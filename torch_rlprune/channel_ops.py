@@ -26,7 +26,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
 from torchvision.ops import stochastic_depth
 
-__all__ = ["KINDS", "register_channel_op", "module_kind", "function_kind", "method_kind", "registered_module_types"]
+__all__ = ["KINDS", "register_channel_op", "module_kind", "function_kind", "method_kind", "registered_module_types", "generation"]
 
 #: The kinds of op a user can register.
 KINDS = ("passthrough", "elementwise", "norm")
@@ -47,6 +47,8 @@ _MODULES: dict[type, str] = {
 
 # Module types registered by users, taken whole by the tracer (torch.nn's own are taken whole anyway).
 _REGISTERED: set[type] = set()
+# Counts registrations, so that groups traced before one are traced again.
+_generation = 0
 
 _FUNCTIONS: dict[Callable[..., object], str] = {
     **dict.fromkeys((
@@ -106,8 +108,10 @@ def register_channel_op(op: Op, kind: str) -> None:
         >>> [g.name for g in rlp.channel_groups(model, torch.randn(1, 3, 8, 8))]
         ['0']
     """
+    global _generation
     if kind not in KINDS:
         raise ValueError(f"register_channel_op: kind must be one of {', '.join(map(repr, KINDS))}, got {kind!r}.")
+    _generation += 1
     if isinstance(op, type) and issubclass(op, nn.Module):
         _MODULES[op] = kind
         _REGISTERED.add(op)
@@ -126,6 +130,11 @@ def register_channel_op(op: Op, kind: str) -> None:
             "register_channel_op: op must be an nn.Module subclass, a function or a tensor method name, "
             f"got {type(op).__name__}."
         )
+
+
+def generation() -> int:
+    """How many registrations the table has seen: groups traced under another generation may be out of date."""
+    return _generation
 
 
 def module_kind(module: nn.Module) -> str | None:

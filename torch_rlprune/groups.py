@@ -30,7 +30,8 @@ import io
 import itertools
 import math
 import operator
-from collections.abc import Iterable, Iterator, Sequence
+import weakref
+from collections.abc import Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Union
 
@@ -810,6 +811,20 @@ def trace(
     return gm
 
 
+# Attributes that carry a module's channel counts: a model whose modules keep their identity and these counts
+# has the same channel groups, so pruning, slicing and evaluating it share one trace.
+_COUNT_ATTRS = ("in_channels", "out_channels", "groups", "num_features", "in_features", "out_features")
+_TRACED: weakref.WeakKeyDictionary[nn.Module, tuple[Hashable, ChannelGroups]] = weakref.WeakKeyDictionary()
+
+
+def _structure(model: nn.Module, inputs: tuple[torch.Tensor, ...], leaf_modules: Sequence[str | type]) -> Hashable:
+    modules = tuple(
+        (name, id(m), type(m), tuple(getattr(m, a, None) for a in _COUNT_ATTRS)) for name, m in model.named_modules()
+    )
+    shapes = tuple((tuple(t.shape), t.dtype, t.device) for t in inputs)
+    return modules, shapes, tuple(map(str, leaf_modules)), channel_ops.generation()
+
+
 def channel_groups(
     model: nn.Module, example_inputs: ExampleInputs, leaf_modules: Sequence[str | type] = ()
 ) -> ChannelGroups:
@@ -822,6 +837,10 @@ def channel_groups(
     ``split``/``chunk`` and slices along channels, residual adds and other elementwise ops, channel-preserving
     activations, pooling, dropout, reductions over spatial dims, and modules called more than once. Anything else
     is opaque: the channels that reach it are excluded, and :attr:`ChannelGroups.excluded` says why.
+
+    The result is remembered for the model: called again with inputs of the same shapes while its modules and
+    their channel counts are unchanged (pruning masks do not count), it returns the same groups without tracing.
+    A model whose ``forward`` code is replaced in place is not noticed; pass a fresh instance instead.
 
     Args:
         model (torch.nn.Module): the model.
@@ -846,5 +865,12 @@ def channel_groups(
         >>> groups[3].consumers[0].name, groups[3].consumers[0].expand
         ('fc', 16)
     """
+    if isinstance(model, nn.Module):
+        key = _structure(model, as_input_tuple(example_inputs, "channel_groups", model), leaf_modules)
+        cached = _TRACED.get(model)
+        if cached is not None and cached[0] == key:
+            return cached[1]
     gm = trace(model, example_inputs, leaf_modules, caller="channel_groups")
-    return _GroupBuilder(gm, model).run()
+    groups = _GroupBuilder(gm, model).run()
+    _TRACED[model] = (key, groups)
+    return groups

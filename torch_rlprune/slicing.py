@@ -140,39 +140,47 @@ def sliced_tensors(module: nn.Module, vectors: KeepVectors) -> Iterator[tuple[st
             yield name, sliced
 
 
-def _copy(model: nn.Module) -> nn.Module:
+def _copy(model: nn.Module, *, for_removal: bool = False) -> nn.Module:
     """``copy.deepcopy`` that also works on pruned models.
 
     A pruning hook leaves ``<name>`` as a tensor computed from ``<name>_orig``, which deepcopy refuses while it
-    is attached to autograd; it is recomputed at every forward, so the copy may hold a detached one.
+    is attached to autograd; it is recomputed at every forward, so the copy may hold a detached one. With
+    ``for_removal=True`` the copy shares the masks and computed tensors with ``model`` instead of copying them,
+    for a caller that removes them from the copy at once (``prune.remove`` drops both without writing to them).
     """
     computed = [(m, name, getattr(m, name)) for m, name in pruning_hooks(model)]
     try:
         for module, name, value in computed:
             setattr(module, name, value.detach())
-        return copy.deepcopy(model)
+        shared = [getattr(m, n) for m, name in pruning_hooks(model) for n in (name, name + "_mask")]
+        return copy.deepcopy(model, {id(t): t for t in shared} if for_removal else None)
     finally:
         for module, name, value in computed:
             setattr(module, name, value)
 
 
-def _consumer_inputs(
+def _pruned_consumers(groups: Sequence[ChannelGroup], keeps: Sequence[torch.Tensor]) -> set[nn.Module]:
+    return {m.module for g, k in zip(groups, keeps) if not k.all() for m in g.consumers}
+
+
+def _run_masked(
     model: nn.Module, inputs: tuple[torch.Tensor, ...], consumers: set[nn.Module]
-) -> dict[nn.Module, torch.Tensor]:
+) -> tuple[Any, dict[nn.Module, torch.Tensor]]:
+    """The masked model's output on ``inputs`` in eval mode, and what each of ``consumers`` received: one forward
+    pass serves both the folding of constants and the verification."""
     seen: dict[nn.Module, torch.Tensor] = {}
     handles = [m.register_forward_pre_hook(lambda mod, args: seen.__setitem__(mod, args[0])) for m in consumers]
     try:
         with preserved_state(model, "eval"), torch.no_grad():
-            model(*inputs)
+            output = model(*inputs)
     finally:
         for handle in handles:
             handle.remove()
-    return seen
+    return output, seen
 
 
 def _fold_constants(
-    model: nn.Module,
-    inputs: tuple[torch.Tensor, ...],
+    seen: dict[nn.Module, torch.Tensor],
     groups: Sequence[ChannelGroup],
     keeps: Sequence[torch.Tensor],
     target: dict[str, nn.Module],
@@ -185,10 +193,6 @@ def _fold_constants(
     without padding.
     """
     pruned = [(g, (~k).nonzero().reshape(-1)) for g, k in zip(groups, keeps) if not k.all()]
-    consumers = {m.module for g, _ in pruned for m in g.consumers}
-    if not consumers:
-        return
-    seen = _consumer_inputs(model, inputs, consumers)
     for group, channels in pruned:
         for member in group.consumers:
             if member.module not in seen:
@@ -312,11 +316,11 @@ def _first_divergence(
 
 
 def _verify(
-    masked: nn.Module, sliced: nn.Module, inputs: tuple[torch.Tensor, ...], out_keep: dict[str, torch.Tensor],
-    atol: float, rtol: float,
+    masked: nn.Module, sliced: nn.Module, inputs: tuple[torch.Tensor, ...], masked_output: Any,
+    out_keep: dict[str, torch.Tensor], atol: float, rtol: float,
 ) -> None:
-    with preserved_state(masked, "eval"), preserved_state(sliced, "eval"), torch.no_grad():
-        expected, got = _tensors_of(masked(*inputs)), _tensors_of(sliced(*inputs))
+    with preserved_state(sliced, "eval"), torch.no_grad():
+        expected, got = _tensors_of(masked_output), _tensors_of(sliced(*inputs))
     shapes_match = len(expected) == len(got) and all(a.shape == b.shape for a, b in zip(expected, got))
     if shapes_match and all(torch.allclose(a, b, atol=atol, rtol=rtol) for a, b in zip(expected, got)):
         return
@@ -418,11 +422,14 @@ def slim(
         groups = channel_groups(model, inputs)
     keeps = check_consistent(groups)
 
-    result = _copy(model)
+    consumers = _pruned_consumers(groups, keeps)
+    masked_output, seen = _run_masked(model, inputs, consumers) if verify or consumers else (None, {})
+
+    result = _copy(model, for_removal=True)
     target = dict(result.named_modules())
     for module, name in pruning_hooks(result):
         prune.remove(module, name)
-    _fold_constants(model, inputs, groups, keeps, target)
+    _fold_constants(seen, groups, keeps, target)
 
     name_of = {id(m): n for n, m in model.named_modules()}
     vectors = {(target[name_of[id(m)]], dim): v for (m, dim), v in keep_vectors(groups, keeps).items() if not v.all()}
@@ -431,7 +438,7 @@ def slim(
 
     if verify:
         out_keep = {name_of[id(m)]: v for (m, dim), v in keep_vectors(groups, keeps).items() if dim == 0}
-        _verify(model, result, inputs, out_keep, atol, rtol)
+        _verify(model, result, inputs, masked_output, out_keep, atol, rtol)
     if inplace:
         _adopt(model, result)
         return model
