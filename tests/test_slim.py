@@ -22,6 +22,7 @@ ARCHS = {
     "shufflenet_v2": (torchvision.models.shufflenet_v2_x0_5, 32),
     "efficientnet_b0": (torchvision.models.efficientnet_b0, 32),
     "vgg11_bn": (lambda: torchvision.models.vgg11_bn(num_classes=10), 32),
+    "convnext_tiny": (lambda: torchvision.models.convnext_tiny(num_classes=10), 32),
 }
 
 
@@ -34,6 +35,10 @@ def randomise_norms(model):
             m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
             with torch.no_grad():
                 m.bias.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+        if isinstance(m, nn.LayerNorm):  # normalises over channels: a wrong cut changes every channel
+            with torch.no_grad():
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+                m.bias.copy_(torch.rand(m.bias.shape, generator=g) - 0.5)
 
 
 def masked(arch, amount, seed=0):

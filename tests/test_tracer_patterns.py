@@ -323,3 +323,66 @@ def test_registered_elementwise_module_couples_its_inputs():
 def test_register_channel_op_refuses_bad_input(op, kind, error, message):
     with pytest.raises(error, match=message):
         rlp.register_channel_op(op, kind)
+
+
+class ConvNeXtBlock(nn.Module):
+    """ConvNeXt's block: depthwise conv, then channels last: LayerNorm, Linear, GELU, Linear, a layer scale."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.dwconv = nn.Conv2d(channels, channels, 3, padding=1, groups=channels)
+        self.norm = nn.LayerNorm(channels)
+        self.pw1, self.pw2 = nn.Linear(channels, 4 * channels), nn.Linear(4 * channels, channels)
+        self.gamma = nn.Parameter(torch.rand(channels) + 0.5)
+
+    def forward(self, x):
+        y = self.dwconv(x).permute(0, 2, 3, 1)
+        y = self.gamma * self.pw2(F.gelu(self.pw1(self.norm(y))))
+        return x + y.permute(0, 3, 1, 2)
+
+
+def _convnext(channels=8):
+    model = nn.Sequential(nn.Conv2d(3, channels, 2, stride=2), ConvNeXtBlock(channels), ConvNeXtBlock(channels),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, 3))  # fmt: skip
+    with torch.no_grad():  # LayerNorm's fresh affine is the identity; make a wrong cut visible
+        for block in (model[1], model[2]):
+            block.norm.weight.uniform_(0.5, 1.5)
+            block.norm.bias.uniform_(-0.5, 0.5)
+    return model.eval()
+
+
+def test_channels_last_layernorm_linear_and_layer_scale_follow_the_channels():
+    model = _convnext()
+    x = torch.randn(2, 3, 8, 8)
+    groups = rlp.channel_groups(model, x)
+    stream = next(g for g in groups if g.producers[0].name == "0")
+    assert names(stream.producers) == {"0", "1.pw2", "2.pw2"}
+    assert names(stream.tied) == {"1.dwconv", "2.dwconv"}
+    assert [(m.name, m.normalizes) for m in stream.norms] == [("1.norm", 3), ("2.norm", 3)]
+    assert [(m.name, m.role, m.stored) for m in stream.members if m.role is Role.SCALE] == [
+        ("1", Role.SCALE, "gamma"), ("2", Role.SCALE, "gamma"),
+    ]  # fmt: skip
+    assert names(stream.consumers) == {"1.pw1", "2.pw1", "5"}
+    hidden = [g for g in groups if g.producers[0].name.endswith("pw1")]
+    assert [names(g.consumers) for g in hidden] == [{"1.pw2"}, {"2.pw2"}]
+    _, small = _prune_and_slim(model, x)
+    block = small[1]
+    kept = small[0].out_channels
+    assert kept < 8 and block.norm.normalized_shape == (kept,) and block.gamma.shape == (kept,)
+    assert block.pw1.in_features == block.pw2.out_features == kept and small[5].in_features == kept
+
+
+def test_masked_layernorm_normalises_over_the_kept_channels_only():
+    model = _convnext()
+    x = torch.randn(2, 3, 8, 8)
+    masked, small = _prune_and_slim(model, x)  # exact: the masked LayerNorm ignores pruned channels
+    hooks = masked[1].norm._forward_hooks
+    assert len(hooks) == 1
+    with torch.no_grad():
+        with_hook = masked(x)
+        saved = dict(hooks)
+        hooks.clear()  # a plain LayerNorm counts the pruned (zero) channels in its statistics
+        without = masked(x)
+        hooks.update(saved)
+    assert not torch.allclose(with_hook, without, atol=1e-4)
+    torch.testing.assert_close(small(x), with_hook, atol=1e-5, rtol=1e-4)

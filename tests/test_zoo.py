@@ -12,13 +12,17 @@ from conftest import conv_pairs
 timm = pytest.importorskip("timm")
 
 # One small member of each family whose channels reach the tracer in another way: timm's norm-and-activation
-# layers (F.batch_norm called by the norm module), grouped convs, split / slice / cat, squeeze-excitation gates.
-FAMILIES = ["mobilenetv2_050", "regnetx_002", "ghostnet_050", "resnext26ts", "dpn68", "cspresnet50", "efficientnet_b0"]
+# layers (F.batch_norm called by the norm module), grouped convs, split / slice / cat, squeeze-excitation gates,
+# and ConvNeXt's channels-last LayerNorm, Linear layers and layer scale.
+FAMILIES = [
+    "mobilenetv2_050", "regnetx_002", "ghostnet_050", "resnext26ts", "dpn68", "cspresnet50", "efficientnet_b0",
+    "convnext_atto",
+]  # fmt: skip
 
 
 def _share_prunable(model, groups):
     filters = sum(m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d))
-    return sum(g.size * m.expand for g in groups for m in g.filters) / filters
+    return sum(g.size * m.expand for g in groups for m in g.filters if isinstance(m.module, nn.Conv2d)) / filters
 
 
 @pytest.mark.filterwarnings("ignore:global_structured. skipping convolutions")

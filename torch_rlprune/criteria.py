@@ -117,8 +117,9 @@ def _spread(
         for member in group.filters:
             conv = member.module
             if conv not in values:
-                values[conv] = torch.zeros(conv.out_channels, dtype=scores.dtype)
-                covered[conv] = torch.zeros(conv.out_channels, dtype=torch.bool)
+                filters = effective_weight(conv).shape[0]  # a producer may be a Linear over channels
+                values[conv] = torch.zeros(filters, dtype=scores.dtype)
+                covered[conv] = torch.zeros(filters, dtype=torch.bool)
             rows = member.indices(torch.arange(group.size))
             values[conv][rows] = scores.cpu().repeat_interleave(member.expand)
             covered[conv][rows] = True

@@ -32,7 +32,7 @@ from . import metrics
 from ._state import preserved_state, pruning_hooks
 from .groups import ChannelGroup, ExampleInputs, as_input_tuple, device_of, groups_kept
 from .masks import KeepVectors, keep_vectors
-from .slicing import PER_CHANNEL, sliced_tensors
+from .slicing import cut_along_channels, sliced_tensors
 
 __all__ = ["CandidateEvaluator", "CandidateModel", "zeroed_tensors", "MODES"]
 
@@ -110,7 +110,7 @@ def zeroed_tensors(module: nn.Module, vectors: KeepVectors) -> Iterator[tuple[st
     out, inp = vectors.get((module, 0)), vectors.get((module, 1))
     for name, tensor in (*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)):
         base = name.removesuffix("_orig")
-        if tensor is None or (base != "weight" and base not in PER_CHANNEL):
+        if not cut_along_channels(name, tensor):
             continue
         scaled = tensor
         for dim, keep in ((0, out), (1, inp if base == "weight" else None)):

@@ -64,6 +64,9 @@ class Role(enum.Enum):
     NORM = "norm"
     #: a consumer: weight dim 1 (input channels or flattened features) is indexed by channel.
     CONSUMER = "consumer"
+    #: a module whose stored per-channel vector (shape ``(C, 1, ...)``, such as ConvNeXt's layer scale) multiplies
+    #: or shifts the channels: it is cut with them, but needs no mask of its own.
+    SCALE = "scale"
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,8 @@ class Member:
     Channel ``c`` of the group is the slice ``offset + c * expand ... offset + (c + 1) * expand - 1`` of the
     member's dimension :attr:`dim`: ``expand`` is 1 except for a ``Linear`` after ``flatten``, where it is the
     number of spatial positions per channel, and ``offset`` is non-zero where the group is one slice of a concat.
+    ``normalizes`` is set for a LayerNorm over the channels: the dim of the module's input that it normalises;
+    ``stored`` names the per-channel vector of a :attr:`Role.SCALE` member.
     """
 
     name: str
@@ -80,6 +85,8 @@ class Member:
     role: Role
     offset: int = 0
     expand: int = 1
+    normalizes: int | None = None
+    stored: str | None = None
 
     @property
     def dim(self) -> int:
@@ -220,9 +227,10 @@ _REDUCE_FUNCTIONS = {torch.mean, torch.sum, torch.amax, torch.amin}
 _REDUCE_METHODS = {"mean", "sum", "amax", "amin"}
 _FLATTEN_FUNCTIONS = {torch.flatten}
 _RESHAPE_METHODS = {"view", "reshape", "flatten"}
+_VIEW_METHODS = {"view", "reshape", "unsqueeze", "expand", "expand_as", "to", "type_as"}
 # Functional norms that normalise every channel on its own, and the module types whose tensors they may use: a
 # norm module whose forward calls them (timm's BatchNormAct2d) is then one norm member like nn.BatchNorm2d.
-_NORM_FUNCTIONS = {F.batch_norm: _BatchNorm, F.instance_norm: _InstanceNorm}
+_NORM_FUNCTIONS = {F.batch_norm: _BatchNorm, F.instance_norm: _InstanceNorm, F.layer_norm: nn.LayerNorm}
 
 
 def _shape(node: Any) -> torch.Size | None:
@@ -272,6 +280,17 @@ class _GroupBuilder:
         self.pieces: dict[fx.Node, list[_Layout]] = {}
         # For a module with state called more than once: the input layout of its first call and what it returned.
         self.calls: dict[str, tuple[_Layout, _Layout | None]] = {}
+        # Where the channels are in a tensor whose layout is not along dim 1 (after a permute to channels last).
+        self.cdim: dict[fx.Node, int] = {}
+        # Stored tensors (and views of them) with one dimension longer than 1: possibly a per-channel vector.
+        self.stored: dict[fx.Node, str] = {}
+
+    def dim_of(self, node: fx.Node) -> int:
+        return self.cdim.get(node, 1)
+
+    def at_dim1(self, node: fx.Node) -> bool:
+        """Whether every traced input of ``node`` has its channels along dim 1 (what most ops here assume)."""
+        return all(self.dim_of(n) == 1 for n, _ in self.input_layouts(node))
 
     # ---- layouts -------------------------------------------------------------------------------------------
     def resolve(self, layout: _Layout) -> _Layout:
@@ -342,9 +361,22 @@ class _GroupBuilder:
                 self.spaces.union(first, other)
         return self.resolve(layouts[0])
 
-    def add_members(self, layout: _Layout, name: str, role: Role) -> None:
+    def add_members(
+        self, layout: _Layout, name: str, role: Role, normalizes: int | None = None, stored: str | None = None
+    ) -> None:
         for seg, offset in zip(layout, _bounds(layout)):
-            self.spaces.add(seg.space, len(self.layouts), Member(name, self.modules[name], role, offset, seg.expand))
+            member = Member(name, self.modules[name], role, offset, seg.expand, normalizes, stored)
+            self.spaces.add(seg.space, len(self.layouts), member)
+
+    def scope_input(self, owner: str) -> fx.Node | None:
+        """The tensor that the traced-into module ``owner`` received: the first traced tensor from outside its scope
+        that a node inside it reads (a pruning hook's nodes come first and read stored tensors only)."""
+        for node in self.gm.graph.nodes:
+            if owner in (node.meta.get("nn_module_stack") or {}):
+                for arg in node.all_input_nodes:
+                    if owner not in (arg.meta.get("nn_module_stack") or {}) and self.layouts.get(arg) is not None:
+                        return arg
+        return None
 
     # ---- ops -----------------------------------------------------------------------------------------------
     def single_input(self, node: fx.Node) -> tuple[fx.Node, _Layout] | None:
@@ -357,32 +389,61 @@ class _GroupBuilder:
         out = _shape(node)
         if src is None:
             return self.unknown(node)
-        in_shape = _shape(src[0])
-        if out is None or in_shape is None or len(out) != len(in_shape) or out[1] != in_shape[1]:
+        in_shape, dim = _shape(src[0]), self.dim_of(src[0])
+        if out is None or in_shape is None or len(out) != len(in_shape) or out[dim] != in_shape[dim]:
             return self.unknown(node)
+        self.cdim[node] = dim
         return src[1]
+
+    def permute(self, node: fx.Node) -> _Layout | None:
+        src = self.single_input(node)
+        dims = node.args[1:] if node.op == "call_method" else node.args[1:2]
+        dims = tuple(dims[0]) if len(dims) == 1 and isinstance(dims[0], (tuple, list)) else tuple(dims)
+        in_shape = _shape(src[0]) if src else None
+        if src is None or in_shape is None or not all(isinstance(d, int) for d in dims) or len(dims) != len(in_shape):
+            return self.unknown(node)
+        self.cdim[node] = [d % len(in_shape) for d in dims].index(self.dim_of(src[0]))
+        return src[1]
+
+    def stored_view(self, node: fx.Node) -> None:
+        """A view of a stored per-channel vector (``gamma.reshape(1, -1, 1, 1)``) is still one."""
+        shape = _shape(node)
+        if node.args and node.args[0] in self.stored and shape is not None and sum(s > 1 for s in shape) == 1:
+            self.stored[node] = self.stored[node.args[0]]  # type: ignore[index]
 
     def elementwise(self, node: fx.Node) -> _Layout | None:
         out = _shape(node)
         if out is None or len(out) < 2:
             return self.unknown(node)
         why = f"meets another channel layout in {_op_name(node, self.modules)}"
+        # Inputs are aligned from the right, as broadcasting does; each traced input says where its channels are.
+        dims = {len(out) - len(_shape(src)) + self.dim_of(src) for src, _ in self.input_layouts(node) if _shape(src)}
+        if len(dims) > 1:
+            return self.unknown(node)
+        dim = dims.pop() if dims else 1
         joined: list[_Layout] = []
-        for src, layout in self.input_layouts(node):
-            shape = _shape(src)
-            if shape is None:
+        scales: list[str] = []
+        for src in node.all_input_nodes:
+            shape, layout = _shape(src), self.layout_of(src)
+            if shape is None or (layout is None and src not in self.stored):
                 continue
-            if len(shape) == len(out) and shape[1] == out[1]:
-                joined.append(layout)
-            elif len(shape) == len(out) and shape[1] == 1:
+            at = dim - (len(out) - len(shape))  # the input's dim that meets the channels
+            if at < 0 or shape[at] == 1:
                 continue  # broadcast along channels: every channel sees the same value
-            elif len(shape) < len(out) and (len(shape) < len(out) - 1 or shape[0] == 1):
-                continue  # aligned to trailing dims that do not include the channel dim (or broadcast on it)
+            if src in self.stored and shape[at] == out[dim]:
+                scales.append(self.stored[src])  # a stored per-channel vector, cut with the channels
+            elif layout is not None and shape[at] == out[dim] and self.dim_of(src) == at:
+                joined.append(layout)
             else:
                 return self.unknown(node)
         if not joined:
             return self.fresh(node, f"is computed by {_op_name(node, self.modules)} from no traced channels")
-        return self.unify(joined, why)
+        layout = self.unify(joined, why)
+        for target in scales:
+            owner, _, stored = target.rpartition(".")
+            self.add_members(layout, owner, Role.SCALE, stored=stored)  # type: ignore[arg-type]
+        self.cdim[node] = dim
+        return layout
 
     def cat(self, node: fx.Node) -> _Layout | None:
         out = _shape(node)
@@ -391,9 +452,11 @@ class _GroupBuilder:
         if out is None or not isinstance(tensors, (list, tuple)) or not isinstance(dim, int):
             return self.unknown(node)
         layouts = [self.layout_of(t) for t in tensors]
-        if any(layout is None for layout in layouts):
+        channel_dims = {self.dim_of(t) for t in tensors}
+        if any(layout is None for layout in layouts) or len(channel_dims) != 1:
             return self.unknown(node)
-        if dim % len(out) != 1:
+        self.cdim[node] = channel_dim = channel_dims.pop()
+        if dim % len(out) != channel_dim:
             return self.unify(layouts, f"meets another channel layout in {_op_name(node, self.modules)}")  # type: ignore[arg-type]
         return tuple(seg for layout in layouts for seg in layout)  # type: ignore[union-attr]
 
@@ -408,7 +471,7 @@ class _GroupBuilder:
         in_shape = _shape(src[0]) if src else None
         size = node.args[1] if len(node.args) > 1 else node.kwargs.get("split_size_or_sections")
         dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
-        if src is None or shapes is None or in_shape is None or not isinstance(dim, int):
+        if src is None or shapes is None or in_shape is None or not isinstance(dim, int) or not self.at_dim1(node):
             self.unknown(node)
             return None
         if dim % len(in_shape) != 1:
@@ -433,7 +496,9 @@ class _GroupBuilder:
         if layout is None:
             return None if out is None else self.fresh(node, f"is computed by {_op_name(node, self.modules)}")
         index = index if isinstance(index, tuple) else (index,)
-        if out is None or in_shape is None or len(out) != len(in_shape) or index.count(Ellipsis) > 1:
+        if out is None or in_shape is None or len(out) != len(in_shape) or index.count(Ellipsis) > 1 or (
+            self.dim_of(source) != 1
+        ):
             return self.unknown(node)
         if Ellipsis in index:
             at = index.index(Ellipsis)
@@ -462,6 +527,8 @@ class _GroupBuilder:
         in_shape = _shape(src[0]) if src else None
         if src is None or in_shape is None:
             return self.unknown(node)
+        if self.dim_of(src[0]) != 1:
+            return self.unknown(node)
         start, end = start % len(in_shape), end % len(in_shape)
         if start >= 2:
             return src[1]
@@ -475,6 +542,8 @@ class _GroupBuilder:
         out = _shape(node)
         in_shape = _shape(src[0]) if src else None
         if src is None or out is None or in_shape is None or len(in_shape) < 2 or len(out) < 2:
+            return self.unknown(node)
+        if self.dim_of(src[0]) != 1:
             return self.unknown(node)
         if out[:2] == in_shape[:2]:
             return src[1]
@@ -490,13 +559,17 @@ class _GroupBuilder:
         if src is None or out is None or in_shape is None or dims is None or len(out) < 2:
             return self.unknown(node)
         dims = [dims] if isinstance(dims, int) else list(dims)
-        if not all(isinstance(d, int) for d in dims) or any(d % len(in_shape) in (0, 1) for d in dims):
+        channel_dim = self.dim_of(src[0])
+        if not all(isinstance(d, int) for d in dims) or any(d % len(in_shape) in (0, channel_dim) for d in dims):
             return self.unknown(node)
+        if len(out) < len(in_shape):  # the reduced dims before the channels are gone
+            channel_dim -= sum(d % len(in_shape) < channel_dim for d in dims)
+        self.cdim[node] = channel_dim
         return src[1]
 
     def conv(self, node: fx.Node, name: str, conv: nn.Module) -> _Layout | None:
         src = self.single_input(node)
-        if src is None:
+        if src is None or self.dim_of(src[0]) != 1:
             return self.unknown(node)
         layout = src[1]
         assert isinstance(conv, CONV_TYPES)
@@ -530,17 +603,37 @@ class _GroupBuilder:
             self.spaces.add(layout[0].space, len(self.layouts), Member(name, self.modules[name], Role.PRODUCER))
         return layout
 
-    def linear(self, node: fx.Node, name: str) -> _Layout | None:
+    def linear(self, node: fx.Node, name: str, linear: nn.Linear) -> _Layout | None:
+        """A ``Linear`` over the channels (the last dim: after ``flatten``, or channels last as in ConvNeXt): it
+        consumes them and produces new ones, along the same dim."""
         src = self.single_input(node)
         in_shape = _shape(src[0]) if src else None
-        if src is None or in_shape is None or len(in_shape) != 2:
+        if src is None or in_shape is None or self.dim_of(src[0]) != len(in_shape) - 1:
             return self.unknown(node)
         self.add_members(src[1], name, Role.CONSUMER)
-        return self.fresh(node, f"is the output of Linear '{name}'")
+        space = self.spaces.new(linear.out_features)
+        self.spaces.add(space, len(self.layouts), Member(name, linear, Role.PRODUCER))
+        self.cdim[node] = len(in_shape) - 1
+        return (_Segment(space, linear.out_features),)
+
+    def layer_norm(self, node: fx.Node, name: str, norm: nn.Module, dim: int) -> _Layout | None:
+        """A LayerNorm over the channels alone: a norm member whose statistics cover the kept channels only
+        (:func:`torch_rlprune.masks.apply_channel_masks` makes the masked model compute them so)."""
+        src = self.single_input(node)
+        in_shape = _shape(src[0]) if src else None
+        if src is None or in_shape is None or tuple(norm.normalized_shape) != (in_shape[dim],) or self.dim_of(src[0]) != dim:
+            return self.unknown(node)
+        # The masked model must normalise over the kept channels only, in the module's own input.
+        module_input = src[0] if node.op == "call_module" else self.scope_input(name)
+        if norm.weight is None or module_input is None or module_input not in self.layouts:
+            return self.unknown(node, f"is normalised over its channels by '{name}', which has no weight to mask")
+        self.add_members(src[1], name, Role.NORM, normalizes=self.dim_of(module_input))
+        self.cdim[node] = dim
+        return src[1]
 
     def norm(self, node: fx.Node, name: str) -> _Layout | None:
         src = self.single_input(node)
-        if src is None:
+        if src is None or self.dim_of(src[0]) != 1:
             return self.unknown(node)
         self.add_members(src[1], name, Role.NORM)
         return src[1]
@@ -554,7 +647,11 @@ class _GroupBuilder:
             return self.unknown(node)
         if owner in self.calls:
             return self.reused(node, owner, module)
-        out = self.norm(node, owner)
+        in_shape = _shape(node.args[0]) if node.args else None
+        if node.target is F.layer_norm:
+            out = self.layer_norm(node, owner, module, len(in_shape) - 1) if in_shape else self.unknown(node)
+        else:
+            out = self.norm(node, owner)
         if out is not None:
             self.calls[owner] = (out, out)
         return out
@@ -587,7 +684,9 @@ class _GroupBuilder:
         elif kind == "norm":
             out = self.norm(node, name)
         elif isinstance(module, nn.Linear):
-            out = self.linear(node, name)
+            out = self.linear(node, name, module)
+        elif isinstance(module, nn.LayerNorm) and src is not None and _shape(src[0]) is not None:
+            out = self.layer_norm(node, name, module, len(_shape(src[0])) - 1)  # type: ignore[arg-type]
         elif isinstance(module, nn.Flatten):
             return self.flatten(node, module.start_dim, module.end_dim)
         elif isinstance(module, nn.PReLU) and module.num_parameters == 1 or kind == "passthrough":
@@ -609,6 +708,8 @@ class _GroupBuilder:
             return self.elementwise(node)
         if target in _CAT_FUNCTIONS:
             return self.cat(node)
+        if target is torch.permute:
+            return self.permute(node)
         if target in _SPLIT_FUNCTIONS:
             return self.split(node)
         if target is operator.getitem:
@@ -627,7 +728,11 @@ class _GroupBuilder:
 
     def call_method(self, node: fx.Node) -> _Layout | None:
         method = str(node.target)
+        if node.args and node.args[0] in self.stored and method in _VIEW_METHODS:
+            return self.stored_view(node)
         kind = channel_ops.method_kind(method)
+        if method == "permute":
+            return self.permute(node)
         if kind == "passthrough":
             return self.passthrough(node)
         if kind == "elementwise":
@@ -654,7 +759,12 @@ class _GroupBuilder:
             if node.op == "placeholder":
                 layout = self.fresh(node, "is a network input")
             elif node.op == "get_attr":
-                layout = self.fresh(node, f"meets the stored tensor '{node.target}'")
+                shape = _shape(node)
+                if shape is not None and sum(s > 1 for s in shape) == 1:
+                    self.stored[node] = str(node.target)
+                    layout = None
+                else:
+                    layout = self.fresh(node, f"meets the stored tensor '{node.target}'")
             elif node.op == "output":
                 for _, out_layout in self.input_layouts(node):
                     self.fix(out_layout, "reaches the network output")
@@ -666,14 +776,14 @@ class _GroupBuilder:
 
     def collect(self) -> ChannelGroups:
         spaces = self.spaces
-        rank = {Role.PRODUCER: 0, Role.TIED: 1, Role.NORM: 2, Role.CONSUMER: 3}
+        rank = {Role.PRODUCER: 0, Role.TIED: 1, Role.NORM: 2, Role.SCALE: 3, Role.CONSUMER: 4}
         groups: list[tuple[int, ChannelGroup]] = []
         excluded: dict[str, str] = {}
         for root in spaces.roots():
             members = spaces.members[root]
             if spaces.why_fixed[root] is not None:
                 for _, m in members:
-                    if m.role in (Role.PRODUCER, Role.TIED):
+                    if m.role in (Role.PRODUCER, Role.TIED) and isinstance(m.module, CONV_TYPES):
                         excluded.setdefault(m.name, spaces.why_fixed[root])  # type: ignore[arg-type]
                 continue
             ordered = sorted(members, key=lambda om: (rank[om[1].role], om[0]))

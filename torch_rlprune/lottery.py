@@ -31,7 +31,7 @@ from torch.nn.utils import prune
 from . import metrics
 from .groups import ExampleInputs
 from .serialization import atomic_save, read_checked
-from .slicing import CHANNEL_TENSORS, KEPT_ATTR, _copy
+from .slicing import KEPT_ATTR, _copy, cut_along_channels
 
 __all__ = ["Snapshot", "LotteryTicket", "rewind", "reinitialize", "iterative_pruning", "RoundRecord"]
 
@@ -248,7 +248,7 @@ def _source_for(
     module_name, _, tensor_name = key.rpartition(".")
     model_record = getattr(modules.get(module_name), KEPT_ATTR, None) or {}
     snap_record = snapshot.kept.get(module_name, {})
-    if tensor_name not in CHANNEL_TENSORS or not (model_record or snap_record):
+    if not cut_along_channels(tensor_name, source) or not (model_record or snap_record):
         return source
     for dim in (0, 1):
         if dim == 1 and (tensor_name != "weight" or source.dim() < 2):

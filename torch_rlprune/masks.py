@@ -8,12 +8,15 @@ Masks compose with earlier ones the way :class:`prune.PruningContainer` composes
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
+from typing import Any
 
 from torch.nn.modules.batchnorm import _NormBase
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.nn.utils import prune
 
 from .groups import ChannelGroup, Member, Role
@@ -45,7 +48,7 @@ def effective_weight(module: nn.Module, name: str = "weight") -> torch.Tensor:
 
 def masked_tensors(member: Member) -> tuple[str, ...]:
     """Names of the ``member``'s tensors that a channel mask covers (``weight`` and ``bias`` where present)."""
-    if member.role is Role.CONSUMER:
+    if member.role in (Role.CONSUMER, Role.SCALE):  # what they meet at a pruned channel is zero already
         return ()
     return tuple(
         n for n in ("weight", "bias") if getattr(member.module, n + "_orig", getattr(member.module, n, None)) is not None
@@ -100,13 +103,37 @@ def apply_channel_masks(groups: Sequence[ChannelGroup], keep: Sequence[torch.Ten
                 mask = torch.ones_like(param)
                 mask.index_fill_(member.dim, member.indices(pruned), 0)
                 prune.custom_from_mask(member.module, tensor_name, mask=mask)
+            if member.normalizes is not None and not any(
+                getattr(h, "func", None) is _normalize_kept for h in member.module._forward_hooks.values()
+            ):
+                member.module.register_forward_hook(functools.partial(_normalize_kept, dim=member.normalizes))
 
 
-def _dim_size(module: nn.Module, dim: int) -> int:
-    weight = getattr(module, "weight_orig", getattr(module, "weight", None))
-    if weight is None and isinstance(module, _NormBase):  # a norm without affine parameters still has channels
+def _normalize_kept(module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor, dim: int) -> Any:
+    """Forward hook of a LayerNorm over channels that are masked: normalise over the kept channels only.
+
+    A masked channel is zero, yet a LayerNorm's mean and variance would still count it; the sliced model, which
+    has no such channel, does not. With this hook the masked model computes what the sliced one does.
+    """
+    mask = getattr(module, "weight_mask", None)
+    x = args[0]
+    # The channel tracer must see the LayerNorm itself, not this computation, when it traces a masked model.
+    if mask is None or isinstance(x, torch.fx.Proxy) or bool(mask.all()):
+        return None
+    kept = mask.ne(0).nonzero().reshape(-1).to(x.device)
+    weight = effective_weight(module, "weight").index_select(0, kept)
+    bias = effective_weight(module, "bias")
+    bias = None if bias is None else bias.index_select(0, kept)
+    normed = F.layer_norm(x.index_select(dim, kept).movedim(dim, -1), (kept.numel(),), weight, bias, module.eps)
+    return torch.zeros_like(output).index_copy(dim, kept, normed.movedim(-1, dim).to(output.dtype))
+
+
+def _dim_size(member: Member) -> int:
+    module, name = member.module, member.stored or "weight"
+    tensor = getattr(module, name + "_orig", getattr(module, name, None))
+    if tensor is None and isinstance(module, _NormBase):  # a norm without affine parameters still has channels
         return int(module.num_features)
-    return int(weight.shape[dim])
+    return int(tensor.shape[member.dim])
 
 
 def keep_vectors(groups: Sequence[ChannelGroup], keep: Sequence[torch.Tensor] | None = None) -> KeepVectors:
@@ -141,6 +168,6 @@ def keep_vectors(groups: Sequence[ChannelGroup], keep: Sequence[torch.Tensor] | 
         for member in group.members:
             key = (member.module, member.dim)
             if key not in vectors:
-                vectors[key] = torch.ones(_dim_size(member.module, member.dim), dtype=torch.bool)
+                vectors[key] = torch.ones(_dim_size(member), dtype=torch.bool)
             vectors[key][member.indices(pruned)] = False
     return vectors

@@ -33,6 +33,7 @@ from torch.nn.modules.instancenorm import _InstanceNorm
 from ._state import preserved_state
 from .groups import CONV_TYPES, ChannelGroup, ExampleInputs, as_input_tuple, channel_groups, check_groups_of
 from .masks import KeepVectors, keep_vectors
+from .slicing import cut_along_channels
 
 __all__ = ["LayerStats", "ModelStats", "model_stats", "count_params", "count_macs", "filters_per_layer"]
 
@@ -299,9 +300,10 @@ def _layer_stats(
             continue
         n_params = sum(p.numel() for _, p in params)
         n_kept = sum(
-            _kept_entries(module, p.shape, keep) if counted and base in ("weight", "bias") else p.numel()
+            _kept_entries(module, p.shape, keep) if counted and base in ("weight", "bias") or cut_along_channels(base, p)
+            else p.numel()
             for base, p in params
-        )
+        )  # fmt: skip
         filters = filters_kept = None
         macs = macs_kept = 0
         if counted:

@@ -98,8 +98,21 @@ def _slice(tensor: torch.Tensor, dim: int, keep: torch.Tensor) -> torch.Tensor:
 
 #: Per-channel tensors besides ``weight``: cut along their only dimension wherever their module's channels are.
 PER_CHANNEL = ("bias", "running_mean", "running_var")
-#: Every tensor name a channel cut can reach.
+#: Every tensor name a channel cut can reach, besides stored per-channel vectors (see :func:`cut_along_channels`).
 CHANNEL_TENSORS = ("weight", *PER_CHANNEL)
+
+
+def cut_along_channels(name: str, tensor: torch.Tensor | None) -> bool:
+    """Whether a channel cut of a member module reaches its tensor ``name`` (``_orig`` and ``_mask`` included).
+
+    ``weight``, ``bias`` and running statistics are cut, and so is any other vector a module stores per channel,
+    shaped ``(C, 1, ...)`` (ConvNeXt's layer scale): only modules a group names are cut, and only along the dims
+    the group indexes.
+    """
+    if tensor is None:
+        return False
+    base = name.removesuffix("_orig").removesuffix("_mask")
+    return base in CHANNEL_TENSORS or tensor.dim() >= 1 and tensor.shape[0] > 1 and all(s == 1 for s in tensor.shape[1:])
 
 
 def sliced_tensors(module: nn.Module, vectors: KeepVectors) -> Iterator[tuple[str, torch.Tensor]]:
@@ -129,7 +142,7 @@ def sliced_tensors(module: nn.Module, vectors: KeepVectors) -> Iterator[tuple[st
     out, inp = vectors.get((module, 0)), vectors.get((module, 1))
     for name, tensor in (*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)):
         base = name.removesuffix("_orig").removesuffix("_mask")
-        if tensor is None or (base != "weight" and base not in PER_CHANNEL):
+        if not cut_along_channels(name, tensor):
             continue
         sliced = tensor
         if out is not None:
@@ -198,7 +211,8 @@ def _fold_constants(
             if member.module not in seen:
                 continue
             idx = member.indices(channels).to(seen[member.module].device)
-            values = seen[member.module].index_select(1, idx).transpose(0, 1).reshape(idx.numel(), -1)
+            along = -1 if isinstance(member.module, nn.Linear) else 1  # a Linear reads the last dim
+            values = seen[member.module].index_select(along, idx).movedim(along, 0).reshape(idx.numel(), -1)
             if not values.any():
                 continue
             constant = values[:, 0]
@@ -243,7 +257,9 @@ def _update_counts(module: nn.Module, tied: bool) -> None:
     elif isinstance(module, _NormBase):
         module.num_features = (module.weight if module.weight is not None else module.running_mean).shape[0]
     elif isinstance(module, nn.Linear):
-        module.in_features = module.weight.shape[1]
+        module.out_features, module.in_features = module.weight.shape
+    elif isinstance(module, nn.LayerNorm) and module.weight is not None:
+        module.normalized_shape = tuple(module.weight.shape)
 
 
 #: Attribute of every sliced module: ``{dim: (size before any slicing, kept indices along dim)}``. Rewinding a

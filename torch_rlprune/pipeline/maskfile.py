@@ -11,7 +11,7 @@ from torch.nn.utils import prune
 from ..groups import channel_groups
 from ..masks import alive_channels, apply_channel_masks
 from ..serialization import atomic_save, group_records, match_records, read_checked
-from ..slicing import CHANNEL_TENSORS, KEPT_ATTR
+from ..slicing import KEPT_ATTR, cut_along_channels
 from .config import PathLike
 
 MASK_FORMAT = "torch-rlprune/mask"
@@ -89,7 +89,7 @@ def unslice(sliced: nn.Module, masked: nn.Module) -> nn.Module:
                 target = getattr(target_module, tensor_name + "_orig", None)
                 if target is None:
                     target = getattr(target_module, tensor_name)
-                per_channel = tensor_name in CHANNEL_TENSORS and value.dim() > 0
+                per_channel = cut_along_channels(tensor_name, value)
                 dims = [d for d in (0, 1) if per_channel and d in record and (d == 0 or tensor_name == "weight")]
                 for dim in dims:
                     if target.dim() <= dim or record[dim][0] != target.shape[dim]:
