@@ -300,3 +300,13 @@ def test_rl_structured_prunes_one_layer_by_reward():
     rlp.rl_structured(conv, "weight", amount=7, reward=reward, episodes=240, seed=0, progress=False)
     assert conv.weight_mask.flatten(1).any(1).tolist() == wanted.tolist()
     assert not hasattr(conv, "weight") or torch.equal(conv.weight, conv.weight_orig * conv.weight_mask)
+
+
+def test_a_reward_may_return_any_real_number_numpy_included():
+    import numpy
+
+    from torch_rlprune.rewards import check_reward
+
+    assert check_reward(numpy.float32(0.25), "r") == 0.25 and isinstance(check_reward(numpy.int64(3), "r"), float)
+    with pytest.raises(TypeError, match="must return a number"):
+        check_reward(numpy.bool_(True), "r")

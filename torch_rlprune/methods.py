@@ -371,6 +371,8 @@ class _SearchPruning(prune.BasePruningMethod):
             )
         if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
             raise ValueError(f"{name}: episodes must be an int >= 1 (rewards to evaluate), got {episodes!r}.")
+        if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+            raise ValueError(f"{name}: batch must be an int >= 1 (candidates per step) or None, got {batch!r}.")
         if dim != 0:
             raise ValueError(f"{name}: dim={dim} is not supported; filters are pruned along dim 0.")
         self.round_to = check_round_to(round_to, name)
@@ -379,7 +381,7 @@ class _SearchPruning(prune.BasePruningMethod):
             raise TypeError(f"{name} got unexpected argument(s) {', '.join(sorted(unknown))}; it takes "
                             f"{', '.join(self.option_names) or 'no method options'}.")  # fmt: skip
         self.amount, self.reward, self.dim = amount, reward, dim
-        self.episodes, self.batch, self.seed = episodes, batch or self.default_batch, seed
+        self.episodes, self.batch, self.seed = episodes, self.default_batch if batch is None else batch, seed
         if evaluation not in MODES:
             raise ValueError(f"{name}: evaluation must be one of {', '.join(map(repr, MODES))}, got {evaluation!r}.")
         self.min_keep, self.norms, self.evaluation, self.options = min_keep, norms, evaluation, options

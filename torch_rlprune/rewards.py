@@ -10,9 +10,11 @@ makes that test accuracy meaningless.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable
 from typing import Any, Callable
 
+import numpy
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -166,6 +168,8 @@ def check_reward(value: Any, reward: Any) -> float:
     name = getattr(reward, "__name__", type(reward).__name__)
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         value = value.item()
+    if isinstance(value, numbers.Real) and not isinstance(value, (bool, numpy.bool_)):
+        value = float(value)  # numpy's float32 and int64 too
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"reward {name} returned {type(value).__name__}; a reward must return a number (float).")
     if not math.isfinite(value):

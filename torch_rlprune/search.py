@@ -173,6 +173,17 @@ class AnnealingStrategy:
         self.group_of = torch.repeat_interleave(torch.arange(len(group_sizes)), torch.tensor(group_sizes))
         if start is None:
             start, _ = sample_keep(torch.zeros(sum(group_sizes)), n_keep, group_sizes, min_keep, self.generator)
+        elif not isinstance(start, torch.Tensor) or start.shape != (sum(group_sizes),):
+            got = tuple(start.shape) if isinstance(start, torch.Tensor) else type(start).__name__
+            raise ValueError(
+                f"AnnealingStrategy: start must be a boolean tensor of shape ({sum(group_sizes)},), one entry per "
+                f"searched filter in group order, got {got}."
+            )
+        elif int(start.bool().sum()) != n_keep:
+            raise ValueError(
+                f"AnnealingStrategy: start keeps {int(start.bool().sum())} filters but the budget keeps {n_keep}; "
+                "start from a keep-set of the same amount."
+            )
         self.current = start.clone().bool()
         self.current_reward: float | None = None
         self.temperature = self.t_start
@@ -352,6 +363,11 @@ def _checkpoint(path: PathLike, strategy: SearchStrategy, result: SearchResult) 
 
 def _check_writable(path: PathLike) -> None:
     """Fail before the search, not after an hour of it, where the checkpoint cannot be written."""
+    if os.path.isdir(path):
+        raise ValueError(
+            f"run_search: the checkpoint {os.fspath(path)!r} is a directory; pass a file path inside it, e.g. "
+            f"{os.path.join(os.fspath(path), 'search.pt')!r}."
+        )
     folder = os.path.dirname(os.path.abspath(path))
     try:
         with tempfile.TemporaryFile(dir=folder):
