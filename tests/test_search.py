@@ -310,3 +310,26 @@ def test_a_reward_may_return_any_real_number_numpy_included():
     assert check_reward(numpy.float32(0.25), "r") == 0.25 and isinstance(check_reward(numpy.int64(3), "r"), float)
     with pytest.raises(TypeError, match="must return a number"):
         check_reward(numpy.bool_(True), "r")
+
+
+@pytest.mark.parametrize("mode", ["slice", "mask"])
+def test_a_reward_reading_the_view_parameters_sees_the_candidate(mode):
+    from torch_rlprune.evaluation import CandidateEvaluator
+
+    model = rlp.models.BasicCNN(width=0.25)
+    x = torch.randn(2, 3, 32, 32)
+    groups = rlp.channel_groups(model, x[:1])
+    keep = [torch.arange(g.size) < g.size // 2 for g in groups]
+    view = CandidateEvaluator(model, groups, x[:1], mode=mode).view(keep)
+    sliced = {n: t for n, t in view.named_parameters()}
+    assert set(sliced) == {"model." + n for n, _ in model.named_parameters()}
+    conv = sliced["model.features.0.weight"]
+    if mode == "slice":
+        assert conv.shape[0] == groups[0].size // 2
+        masked = copy.deepcopy(model)
+        rlp.apply_channel_masks(rlp.channel_groups(masked, x[:1]), keep)
+        small = rlp.slim(masked, x[:1])
+        assert sum(p.numel() for p in view.parameters()) == sum(p.numel() for p in small.parameters())
+    else:
+        assert conv.shape[0] == groups[0].size and not conv[groups[0].size // 2 :].any()
+    assert sum(1 for _ in view.buffers()) == sum(1 for _ in model.buffers())

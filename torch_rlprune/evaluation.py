@@ -45,8 +45,10 @@ class CandidateModel(nn.Module):
 
     It is what a reward callable receives during a search. It computes what the sliced network computes (up to
     float rounding; see the module description for where that differs from the candidate-masked model), at the
-    cost of the sliced network (``mode="slice"``) or of the dense one (``mode="mask"``). Its parameters are the
-    original model's.
+    cost of the sliced network (``mode="slice"``) or of the dense one (``mode="mask"``). Its
+    :meth:`named_parameters` and :meth:`named_buffers` (and so ``parameters()`` and ``buffers()``) are the
+    candidate's: sliced (or zeroed) where the candidate cuts them, the model's own elsewhere, so that a reward that
+    reads them (a weight penalty, a parameter count) sees the candidate and not the full model.
 
     Attributes:
         keep (list of torch.Tensor): the candidate, one boolean keep mask per channel group.
@@ -70,6 +72,23 @@ class CandidateModel(nn.Module):
             for module in {m for m, _ in vectors}
             for name, tensor in substitute(module, used)
         }
+
+    def _substituted(self, named: Iterator[tuple[str, torch.Tensor]], prefix: str) -> Iterator[tuple[str, torch.Tensor]]:
+        lead = f"{prefix}.model." if prefix else "model."
+        for name, tensor in named:
+            yield lead + name, self._tensors.get(name, tensor)
+
+    def named_parameters(  # type: ignore[override]
+        self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True
+    ) -> Iterator[tuple[str, torch.Tensor]]:
+        """The model's parameters as the candidate has them, named as in ``self.model``, prefixed ``model.``."""
+        return self._substituted(self.model.named_parameters("", recurse, remove_duplicate), prefix)
+
+    def named_buffers(  # type: ignore[override]
+        self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True
+    ) -> Iterator[tuple[str, torch.Tensor]]:
+        """The model's buffers as the candidate has them (running statistics sliced or zeroed)."""
+        return self._substituted(self.model.named_buffers("", recurse, remove_duplicate), prefix)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         with self._evaluator.patched(self._vectors if self._evaluator.mode == "slice" else {}):
