@@ -5,6 +5,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
+import torch_rlprune as rlp
 from torch_rlprune import criteria
 from torch_rlprune.features import FEATURE_NAMES, feature_names, filter_features
 from torch_rlprune.groups import channel_groups
@@ -141,3 +142,19 @@ def test_bad_inputs(basic):
         filter_features(model, groups, saliency=[1.0])
     with pytest.raises(ValueError, match="no score"):
         filter_features(model, groups, saliency={(model.features[0], "weight"): torch.ones(64)})
+
+
+def test_relative_columns_are_scaled_over_the_unpruned_channels_only():
+    model = rlp.models.BasicCNN(width=0.25)
+    x = torch.randn(1, 3, 32, 32)
+    groups = rlp.channel_groups(model, x)
+    before = filter_features(model, groups)
+    keep = [torch.arange(g.size) % 2 == 0 for g in groups]  # half of every layer pruned
+    rlp.apply_channel_masks(groups, keep)
+    after = filter_features(model, groups)
+    kept = torch.cat(keep)
+    # A pruned channel scores 0, yet the kept ones keep their mean of 1 rather than doubling it.
+    for group_rows in after[:, :2][kept].split([int(k.sum()) for k in keep]):
+        torch.testing.assert_close(group_rows.mean(0), torch.ones(2), rtol=1e-5, atol=1e-5)
+    assert not after[~kept, 0].any()
+    torch.testing.assert_close(after[:, 2:], before[:, 2:])  # depth and widths describe the layers as built

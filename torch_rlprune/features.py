@@ -16,6 +16,7 @@ from torch import nn
 
 from . import criteria
 from .groups import ChannelGroup, ChannelGroups, check_groups_of
+from .masks import alive_channels
 
 __all__ = ["FEATURE_NAMES", "feature_names", "filter_features"]
 
@@ -44,9 +45,10 @@ def feature_names(saliency: Scores | None = None) -> tuple[str, ...]:
     return FEATURE_NAMES + (("saliency",) if saliency is not None else ())
 
 
-def _relative(values: torch.Tensor) -> torch.Tensor:
-    """Divide a group's per-channel values by their mean; a group of zeros (nothing to compare) stays zero."""
-    mean = values.mean()
+def _relative(values: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
+    """Divide a group's per-channel values by their mean over its unpruned channels (a pruned channel's zero
+    would otherwise inflate every other one); a group of zeros (nothing to compare) stays zero."""
+    mean = values[alive].mean() if alive.any() else values.new_zeros(())
     return values / mean if mean > 0 else torch.zeros_like(values)
 
 
@@ -78,7 +80,7 @@ def filter_features(
 
     * ``l1``: the L1 norm of the channel's weights, summed over the group's filter members (producers and tied
       depthwise convs) as :func:`torch_rlprune.criteria.l1` scores them (the effective, masked weight of a
-      pruned conv), divided by the mean over the group. It ranks the channel *within* its layer; the scale of
+      pruned conv), divided by the mean over the group's unpruned channels. It ranks the channel *within* its layer; the scale of
       weights, which differs between layers for reasons unrelated to importance, is divided out.
     * ``bn_scale``: the summed :math:`|\gamma|` of the norms that normalise the channel (a norm without affine
       weight counts 1), divided by the mean over the group; 1 for every channel of a group without a norm.
@@ -145,14 +147,15 @@ def filter_features(
     last = max(1, len(groups) - 1)
     blocks = []
     for index, group in enumerate(groups):
+        alive = alive_channels(group)
         columns = [
-            _relative(_group_sum(group, magnitude, "the L1 criterion")),
-            _relative(criteria._gamma(group).double()) if group.norms else torch.ones(group.size, dtype=torch.float64),
+            _relative(_group_sum(group, magnitude, "the L1 criterion"), alive),
+            _relative(criteria._gamma(group).double(), alive) if group.norms else torch.ones(group.size, dtype=torch.float64),
             torch.full((group.size,), index / last, dtype=torch.float64),
             torch.full((group.size,), group.size / largest, dtype=torch.float64),
             torch.full((group.size,), math.log1p(group.size) / math.log1p(largest), dtype=torch.float64),
         ]
         if saliency is not None:
-            columns.append(_relative(_group_sum(group, saliency, "saliency")))
+            columns.append(_relative(_group_sum(group, saliency, "saliency"), alive))
         blocks.append(torch.stack(columns, dim=1))
     return torch.cat(blocks).float()
