@@ -27,18 +27,15 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
-from torch.nn.modules.instancenorm import _InstanceNorm
 
 from ._state import preserved_state
 from .groups import CONV_TYPES, ChannelGroup, ExampleInputs, as_input_tuple, channel_groups, check_groups_of
 from .masks import KeepVectors, keep_vectors
+from .layers import LAYER_TYPES, layer_of
 from .slicing import cut_along_channels
 
 __all__ = ["LayerStats", "ModelStats", "model_stats", "count_params", "count_macs", "filters_per_layer"]
 
-_CHANNEL_NORM_TYPES = (_BatchNorm, _InstanceNorm, nn.GroupNorm)
-_MAC_TYPES = (*CONV_TYPES, nn.Linear, *_CHANNEL_NORM_TYPES, nn.LayerNorm)
 
 
 
@@ -241,15 +238,7 @@ def _batch_size(inputs: tuple[torch.Tensor, ...]) -> int:
 
 def _output_width(module: nn.Module) -> int:
     """Output entries that make up one position: channels, features, or the normalised shape of a LayerNorm."""
-    if isinstance(module, CONV_TYPES):
-        return module.out_channels
-    if isinstance(module, nn.Linear):
-        return module.out_features
-    if isinstance(module, nn.GroupNorm):
-        return module.num_channels
-    if isinstance(module, nn.LayerNorm):
-        return math.prod(module.normalized_shape)
-    return module.num_features
+    return layer_of(module).width(module)  # type: ignore[union-attr]
 
 
 def _output_positions(model: nn.Module, inputs: tuple[torch.Tensor, ...], caller: str) -> dict[nn.Module, int]:
@@ -260,7 +249,7 @@ def _output_positions(model: nn.Module, inputs: tuple[torch.Tensor, ...], caller
         if isinstance(output, torch.Tensor):
             positions[module] = positions.get(module, 0) + output.numel() // _output_width(module)
 
-    handles = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, _MAC_TYPES)]
+    handles = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, LAYER_TYPES)]
     try:
         with preserved_state(model, "eval"), torch.no_grad():
             model(*inputs)
@@ -295,7 +284,8 @@ def _layer_stats(
 ) -> list[LayerStats]:
     layers = []
     for name, module, params in _own_params(model):
-        counted = isinstance(module, _MAC_TYPES)
+        layer = layer_of(module)
+        counted = layer is not None
         if not params and not counted:
             continue
         n_params = sum(p.numel() for _, p in params)
@@ -313,7 +303,7 @@ def _layer_stats(
             else:
                 per_position = _output_width(module)
                 per_position_kept = int(keep[module, 0].sum()) if (module, 0) in keep else per_position
-            if not isinstance(module, nn.LayerNorm):
+            if layer.filters:  # type: ignore[union-attr]
                 filters = _output_width(module)
                 filters_kept = int(keep[module, 0].sum()) if (module, 0) in keep else filters
             calls = positions.get(module, 0) if positions is not None else 0

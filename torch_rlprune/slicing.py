@@ -15,14 +15,12 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.utils import prune
 from torch.utils._pytree import tree_flatten
 
 from ._state import preserved_state, pruning_hooks
-from .groups import (
-    CONV_TYPES, ChannelGroup, ChannelGroups, ExampleInputs, Role, as_input_tuple, channel_groups, groups_kept,
-)
+from .groups import ChannelGroup, ChannelGroups, ExampleInputs, Role, as_input_tuple, channel_groups
+from .layers import layer_of
 from .masks import KeepVectors, keep_vectors, masked_tensors
 
 __all__ = ["slim", "check_consistent", "sliced_tensors"]
@@ -249,17 +247,9 @@ def _set_tensor(module: nn.Module, name: str, value: torch.Tensor) -> None:
 
 def _update_counts(module: nn.Module, tied: bool) -> None:
     """Make the attributes that carry channel counts agree with the sliced tensors."""
-    if isinstance(module, CONV_TYPES):
-        if tied:
-            module.groups = groups_kept(module, module.weight.shape[0])
-        module.out_channels = module.weight.shape[0]
-        module.in_channels = module.weight.shape[1] * module.groups
-    elif isinstance(module, _NormBase):
-        module.num_features = (module.weight if module.weight is not None else module.running_mean).shape[0]
-    elif isinstance(module, nn.Linear):
-        module.out_features, module.in_features = module.weight.shape
-    elif isinstance(module, nn.LayerNorm) and module.weight is not None:
-        module.normalized_shape = tuple(module.weight.shape)
+    layer = layer_of(module)
+    if layer is not None:
+        layer.follow(module, tied)
 
 
 #: Attribute of every sliced module: ``{dim: (size before any slicing, kept indices along dim)}``. Rewinding a
