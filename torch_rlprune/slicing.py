@@ -26,11 +26,20 @@ from .masks import KeepVectors, keep_vectors, masked_tensors
 __all__ = ["slim", "check_consistent", "sliced_tensors"]
 
 
-def _rows_alive(module: nn.Module, name: str, member_rows: torch.Tensor, size: int) -> torch.Tensor | None:
+def _rows_alive(
+    module: nn.Module, name: str, member_rows: torch.Tensor, size: int, seen: dict[tuple[int, str], torch.Tensor]
+) -> torch.Tensor | None:
+    """Which of a group's channels the mask ``<name>_mask`` of ``module`` keeps (``None`` without a mask).
+
+    Each mask is reduced to one flag per row once (``seen``), since several groups may index one module.
+    """
     mask = getattr(module, name + "_mask", None)
     if mask is None:
         return None
-    return mask.index_select(0, member_rows.to(mask.device)).reshape(size, -1).ne(0).any(dim=1).cpu()
+    key = (id(module), name)
+    if key not in seen:
+        seen[key] = mask.reshape(mask.shape[0], -1).any(dim=1).cpu()
+    return seen[key][member_rows].reshape(size, -1).any(dim=1)
 
 
 def check_consistent(groups: Sequence[ChannelGroup]) -> list[torch.Tensor]:
@@ -65,15 +74,16 @@ def check_consistent(groups: Sequence[ChannelGroup]) -> list[torch.Tensor]:
         ValueError: masks disagree inside channel group 'features.0': features.3.weight prunes channels ...
     """
     keeps = []
+    seen: dict[tuple[int, str], torch.Tensor] = {}
     for group in groups:
         everything = torch.arange(group.size)
         alive = torch.ones(group.size, dtype=torch.bool)
         for member in group.filters:
-            rows = _rows_alive(member.module, "weight", member.indices(everything), group.size)
+            rows = _rows_alive(member.module, "weight", member.indices(everything), group.size, seen)
             alive &= True if rows is None else rows
         for member in group.members:
             for name in masked_tensors(member):
-                rows = _rows_alive(member.module, name, member.indices(everything), group.size)
+                rows = _rows_alive(member.module, name, member.indices(everything), group.size, seen)
                 if rows is None:
                     rows = torch.ones(group.size, dtype=torch.bool)
                 must_match = name == "weight" and member.role is not Role.NORM
@@ -156,14 +166,14 @@ def _copy(model: nn.Module, *, for_removal: bool = False) -> nn.Module:
 
     A pruning hook leaves ``<name>`` as a tensor computed from ``<name>_orig``, which deepcopy refuses while it
     is attached to autograd; it is recomputed at every forward, so the copy may hold a detached one. With
-    ``for_removal=True`` the copy shares the masks and computed tensors with ``model`` instead of copying them,
-    for a caller that removes them from the copy at once (``prune.remove`` drops both without writing to them).
+    ``for_removal=True`` the copy shares ``<name>_orig``, ``<name>_mask`` and the computed tensor with ``model``
+    instead of copying them, for a caller that replaces them at once with :func:`_unmask` (which writes to none).
     """
     computed = [(m, name, getattr(m, name)) for m, name in pruning_hooks(model)]
     try:
         for module, name, value in computed:
             setattr(module, name, value.detach())
-        shared = [getattr(m, n) for m, name in pruning_hooks(model) for n in (name, name + "_mask")]
+        shared = [getattr(m, name + s) for m, name in pruning_hooks(model) for s in ("", "_orig", "_mask")]
         return copy.deepcopy(model, {id(t): t for t in shared} if for_removal else None)
     finally:
         for module, name, value in computed:
@@ -237,12 +247,31 @@ def _fold_constants(
                 module.bias.add_(shift)
 
 
+def _unmask(model: nn.Module) -> None:
+    """``prune.remove`` for every pruned tensor of ``model``, into new tensors.
+
+    ``prune.remove`` writes the masked values into the ``<name>_orig`` parameter object; here that object may be
+    shared with the masked model (see :func:`_copy`), so the result is a new parameter instead.
+    """
+    for module in model.modules():
+        for key, hook in list(module._forward_pre_hooks.items()):
+            if isinstance(hook, prune.BasePruningMethod):
+                name = hook._tensor_name
+                orig, mask = module._parameters.pop(name + "_orig"), module._buffers.pop(name + "_mask")
+                del module._forward_pre_hooks[key]
+                module.__dict__.pop(name, None)
+                module._parameters[name] = nn.Parameter(
+                    orig.detach() * mask.to(orig.dtype), requires_grad=orig.requires_grad
+                )
+
+
 def _set_tensor(module: nn.Module, name: str, value: torch.Tensor) -> None:
+    """Put ``value`` (a fresh tensor: an ``index_select`` of the old one) in the place of ``name``."""
     if name in module._parameters:
         old = module._parameters[name]
-        module._parameters[name] = nn.Parameter(value.detach().clone(), requires_grad=old.requires_grad)
+        module._parameters[name] = nn.Parameter(value.detach(), requires_grad=old.requires_grad)
     else:
-        module._buffers[name] = value.detach().clone()
+        module._buffers[name] = value.detach()
 
 
 def _update_counts(module: nn.Module, tied: bool) -> None:
@@ -433,8 +462,7 @@ def slim(
 
     result = _copy(model, for_removal=True)
     target = dict(result.named_modules())
-    for module, name in pruning_hooks(result):
-        prune.remove(module, name)
+    _unmask(result)
     _fold_constants(seen, groups, keeps, target)
 
     name_of = {id(m): n for n, m in model.named_modules()}
