@@ -1,6 +1,11 @@
+import contextlib
+import io
+
 import pytest
 import torch
 from torch import nn
+
+from torch_rlprune.cli import main
 
 
 class Blocks(nn.Module):
@@ -70,3 +75,26 @@ def blocks_net():
 
 def conv_pairs(model):
     return [(m, "weight") for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d))]
+
+
+# ---- the command, for tests/test_cli.py and tests/test_models_timm.py ----
+
+QUICK = ["--quick", "--workers", "1", "--quiet"]
+
+
+def run_main(argv):
+    """``main(argv)`` with stdout and stderr captured: (exit status, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+def assert_user_error(result, code, *fragments):
+    status, _, err = result
+    assert status == code
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err  # one line, no traceback
+    assert lines[0].startswith("torch-rlprune: error: ")
+    for fragment in fragments:
+        assert fragment in lines[0]

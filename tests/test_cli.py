@@ -4,9 +4,7 @@ Every pipeline here runs with --quick (BasicCNN at width 0.25, 1 epoch, 16 episo
 and one CPU thread (--workers 1), so that the whole file takes well under a minute on 2 cores.
 """
 
-import contextlib
 import csv
-import io
 import json
 import shutil
 import subprocess
@@ -23,25 +21,8 @@ from torch_rlprune.cli import main
 from torch_rlprune.data import batches, load_data
 from torch_rlprune.training import evaluate
 
-QUICK = ["--quick", "--workers", "1", "--quiet"]
+from conftest import QUICK, assert_user_error, run_main
 
-
-def run_main(argv):
-    """``main(argv)`` with stdout and stderr captured: (exit status, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(argv)
-    return code, out.getvalue(), err.getvalue()
-
-
-def assert_user_error(result, code, *fragments):
-    status, _, err = result
-    assert status == code
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err  # one line, no traceback
-    assert lines[0].startswith("torch-rlprune: error: ")
-    for fragment in fragments:
-        assert fragment in lines[0]
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,6 @@ The command runs with --quick on the offline digits data and one CPU thread; tim
 search and slim to seconds (train rebuilds the model the way slim does). Skipped without timm, which is optional.
 """
 
-import contextlib
-import io
 import json
 import sys
 
@@ -14,30 +12,11 @@ import torch
 
 import torch_rlprune as rlp
 from torch_rlprune import pipeline
-from torch_rlprune.cli import main
 from torch_rlprune.pipeline import PipelineConfig
 
+from conftest import QUICK, assert_user_error, run_main
+
 timm = pytest.importorskip("timm")
-
-QUICK = ["--quick", "--workers", "1", "--quiet"]
-
-
-def run_main(argv):
-    """``main(argv)`` with stdout and stderr captured: (exit status, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(argv)
-    return code, out.getvalue(), err.getvalue()
-
-
-def assert_user_error(result, code, *fragments):
-    status, _, err = result
-    assert status == code
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err  # one line, no traceback
-    assert lines[0].startswith("torch-rlprune: error: ")
-    for fragment in fragments:
-        assert fragment in lines[0]
 
 
 def test_timm_spec_builds_a_timm_model_with_the_data_shape():
