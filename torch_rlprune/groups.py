@@ -228,8 +228,8 @@ _REDUCE_METHODS = {"mean", "sum", "amax", "amin"}
 _FLATTEN_FUNCTIONS = {torch.flatten}
 _RESHAPE_METHODS = {"view", "reshape", "flatten"}
 _VIEW_METHODS = {"view", "reshape", "unsqueeze", "expand", "expand_as", "to", "type_as"}
-# Functional norms that normalise every channel on its own, and the module types whose tensors they may use: a
-# norm module whose forward calls them (timm's BatchNormAct2d) is then one norm member like nn.BatchNorm2d.
+# Functional norms and the module types whose tensors they may use: a norm module whose forward calls one (timm's
+# BatchNormAct2d, a LayerNorm2d) is then one norm member, like nn.BatchNorm2d or nn.LayerNorm.
 _NORM_FUNCTIONS = {F.batch_norm: _BatchNorm, F.instance_norm: _InstanceNorm, F.layer_norm: nn.LayerNorm}
 
 
@@ -639,7 +639,8 @@ class _GroupBuilder:
         return src[1]
 
     def functional_norm(self, node: fx.Node) -> _Layout | None:
-        """``F.batch_norm`` or ``F.instance_norm`` called by the norm module whose forward is being traced."""
+        """``F.batch_norm``, ``F.instance_norm`` or ``F.layer_norm`` called by the norm module whose forward is
+        being traced."""
         stack = node.meta.get("nn_module_stack") or {}
         owner = next(reversed(stack.values()))[0] if stack else None
         module = self.modules.get(owner) if isinstance(owner, str) else None
