@@ -350,15 +350,16 @@ class _GroupBuilder:
         for aligned in zip(*parts):  # one stretch between two bounds, in every layout
             unit = math.lcm(*(seg.expand for part in aligned for seg in part))
             segments = [seg for part in aligned for seg in part]
-            if len(segments) != len(aligned) or not all(
+            merged = len(segments) == len(aligned) and all(
                 self.spaces.coarsen(seg.space, unit // seg.expand) for seg in segments
-            ):
+            )
+            if merged:
+                first, *others = (self.resolve((seg,))[0].space for seg in segments)
+                merged = all([self.spaces.union(first, other) for other in others])
+            if not merged:  # a stretch that cannot be one space: nothing in these layouts is pruned
                 for layout in layouts:
                     self.fix(layout, why)
-                return layouts[0]
-            first, *others = (self.resolve((seg,))[0].space for seg in segments)
-            for other in others:
-                self.spaces.union(first, other)
+                return self.resolve(layouts[0])
         return self.resolve(layouts[0])
 
     def add_members(
