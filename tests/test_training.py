@@ -175,3 +175,39 @@ def test_progress_bar():
     pytest.importorskip("tqdm")
     history = train(nn.Linear(2, 2), [(torch.randn(4, 2), torch.tensor([0, 1, 0, 1]))], epochs=2, progress=True)
     assert len(history) == 2
+
+
+def test_checkpoint_resumes_an_interrupted_run_to_the_same_weights(tmp_path):
+    data = colour_images(64)
+
+    def run(path, stop_at=None):
+        model = small_cnn()
+        loader = batches(data, 16, shuffle=True, augment=True, generator=torch.Generator().manual_seed(3))
+        stop = (lambda r: r["epoch"] == stop_at) if stop_at else None
+        return model, train(model, loader, epochs=4, lr=0.05, seed=0, callback=stop, checkpoint=path)
+
+    whole, history = run(tmp_path / "whole.ckpt")
+    first, stopped = run(tmp_path / "part.ckpt", stop_at=2)
+    assert len(stopped) == 2
+    assert not all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), whole.state_dict().values()))
+    resumed, rest = run(tmp_path / "part.ckpt")  # a fresh model and loader, as after a crash
+    assert [r["epoch"] for r in rest] == [1, 2, 3, 4] and rest[:2] == stopped
+    assert [r["loss"] for r in rest] == [r["loss"] for r in history]
+    for name, value in whole.state_dict().items():
+        assert torch.equal(resumed.state_dict()[name], value), name
+    done, again = run(tmp_path / "part.ckpt")  # a finished run trains no more
+    assert again == rest and torch.equal(done.features[0].weight, whole.features[0].weight)
+
+
+def test_checkpoint_errors_are_clear(tmp_path):
+    x, y = torch.randn(16, 2), torch.randint(0, 2, (16,))
+    with pytest.raises(ValueError, match="is a directory"):
+        train(nn.Linear(2, 2), [(x, y)], epochs=1, checkpoint=tmp_path)
+    train(nn.Linear(2, 2), [(x, y)], epochs=2, checkpoint=tmp_path / "a.ckpt")
+    with pytest.raises(ValueError, match="run of 2 epochs, not 3"):
+        train(nn.Linear(2, 2), [(x, y)], epochs=3, checkpoint=tmp_path / "a.ckpt")
+    with pytest.raises(ValueError, match="does not fit this model"):
+        train(nn.Linear(2, 3), [(x, y)], epochs=2, checkpoint=tmp_path / "a.ckpt")
+    (tmp_path / "bad.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable training checkpoint"):
+        train(nn.Linear(2, 2), [(x, y)], epochs=2, checkpoint=tmp_path / "bad.ckpt")

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 import warnings
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -20,6 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .groups import device_of
+from .serialization import atomic_save, read_checked
 
 __all__ = ["train", "evaluate"]
 
@@ -79,6 +82,7 @@ def train(
     callback: Callable[[dict[str, Any]], Any] | None = None,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
     seed: int | None = None,
+    checkpoint: str | os.PathLike | None = None,
 ) -> list[dict[str, Any]]:
     r"""Train a classifier with SGD (momentum, weight decay) and a cosine learning-rate schedule.
 
@@ -108,6 +112,12 @@ def train(
         loss_fn (callable): ``loss_fn(logits, targets)``, averaged over the batch. Default: cross-entropy.
         seed (int, optional): seeds the global RNG for the duration of the call (dropout, and a loader that uses
             the global RNG), which is restored afterwards. Default: ``None`` (the global RNG as it is).
+        checkpoint (str or path, optional): after every epoch, write the model's and the optimizer's state, the
+            schedule, the history and the random states (the global RNG's, and the loader's ``generator``'s
+            where it has one, as :func:`~torch_rlprune.data.batches` and ``DataLoader`` do) to this file,
+            atomically. A call that finds the file resumes after its last epoch, so an interrupted run loses at
+            most one epoch and ends with the same weights as an uninterrupted one. The file must come from a
+            call with the same ``epochs``. Default: ``None`` (nothing written).
 
     Returns:
         list of dict: one record per epoch: ``epoch`` (from 1), ``loss`` (mean training loss), ``accuracy``
@@ -116,7 +126,8 @@ def train(
 
     Raises:
         TypeError: ``model`` is not a module, ``loader`` not an iterable of pairs.
-        ValueError: bad ``epochs``, ``lr`` or ``schedule``, an empty loader, or a loss that is not finite.
+        ValueError: bad ``epochs``, ``lr`` or ``schedule``, an empty loader, a loss that is not finite, or a
+            ``checkpoint`` that is a directory, unreadable, or from a run with other ``epochs``.
 
     Example:
         >>> import torch
@@ -144,6 +155,8 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("train: the model has no parameter with requires_grad=True to train.")
+    if checkpoint is not None and Path(checkpoint).is_dir():
+        raise ValueError(f"train: checkpoint={str(checkpoint)!r} is a directory; pass a file path inside it.")
     if epochs == 0:
         return []
 
@@ -159,6 +172,11 @@ def train(
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
 
     history: list[dict[str, Any]] = []
+    generator = getattr(loader, "generator", None)
+    generator = generator if isinstance(generator, torch.Generator) else None
+    resumed = _resume(checkpoint, epochs, model, optimizer, scheduler, generator) if checkpoint is not None else None
+    if resumed is not None:
+        history = resumed["history"]
     rng = None
     if seed is not None:
         # The CPU's state is always forked. Leave device_type out for a CPU model: before 2.12 torch parsed it
@@ -170,8 +188,10 @@ def train(
         if rng is not None:
             stack.enter_context(rng)
             torch.manual_seed(seed)
+        if resumed is not None:
+            torch.set_rng_state(resumed["rng"])
         model.train()
-        for epoch in range(1, epochs + 1):
+        for epoch in range(len(history) + 1, epochs + 1):
             start = time.perf_counter()
             epoch_lr = optimizer.param_groups[0]["lr"]
             loss_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -210,9 +230,47 @@ def train(
             record = {"epoch": epoch, "loss": float(loss_sum) / seen, "accuracy": int(correct) / seen,
                       "lr": epoch_lr, "examples": seen, "seconds": time.perf_counter() - start}  # fmt: skip
             history.append(record)
+            if checkpoint is not None:
+                state = {"epochs": epochs, "history": history, "model": model.state_dict(),
+                         "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(),
+                         "scheduler": None if scheduler is None else scheduler.state_dict(),
+                         "generator": None if generator is None else generator.get_state()}  # fmt: skip
+                atomic_save(state, checkpoint)
             if callback is not None and callback(record) is True:
                 break
     return history
+
+
+def _resume(
+    checkpoint: str | os.PathLike,
+    epochs: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    generator: torch.Generator | None,
+) -> dict[str, Any] | None:
+    try:
+        state = read_checked(checkpoint, "training checkpoint", "train")
+    except FileNotFoundError:
+        return None
+    if not isinstance(state, dict) or state.get("epochs") != epochs:
+        found = state.get("epochs") if isinstance(state, dict) else None
+        raise ValueError(
+            f"train: checkpoint {str(checkpoint)!r} is from a run of {found} epochs, not {epochs}; delete it or "
+            "pass another path."
+        )
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise ValueError(
+            f"train: checkpoint {str(checkpoint)!r} does not fit this model ({exc}); delete it or pass another path."
+        ) from exc
+    if scheduler is not None and state["scheduler"] is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    if generator is not None and state["generator"] is not None:
+        generator.set_state(state["generator"])
+    return state
 
 
 def evaluate(model: nn.Module, loader: Iterable[Any], *, device: torch.device | str | None = None) -> float:
