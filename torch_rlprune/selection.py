@@ -19,7 +19,7 @@ __all__ = [
     "normalize_scores",
 ]
 
-NORMALIZATIONS = ("mean", "max", "l2", "none")
+NORMALIZATIONS = ("mean", "max", "l2", "rank", "none")
 
 
 def validate_amount(amount: object, caller: str) -> None:
@@ -102,12 +102,23 @@ def check_budget(alive: Sequence[int], n_prune: int, min_keep: Sequence[int], ca
 
 
 def normalize_scores(scores: torch.Tensor, alive: torch.Tensor, how: str) -> torch.Tensor:
-    """Divide one group's scores by the mean, max or L2 norm of its alive channels' scores (or leave them)."""
+    """Divide one group's scores by the mean, max or L2 norm of its alive channels' scores (or leave them).
+
+    ``"rank"`` replaces each alive channel's score by its rank among them over their number, in ``(0, 1]``, so
+    that a global ranking prunes the same fraction of every group.
+    """
     if how == "none":
         return scores
     live = scores[alive]
     if live.numel() == 0:
         return scores
+    if how == "rank":
+        ranked = torch.zeros_like(scores, dtype=torch.float64)
+        order = torch.argsort(live, stable=True)
+        positions = torch.empty_like(order)
+        positions[order] = torch.arange(1, len(order) + 1)
+        ranked[alive] = positions.double() / len(order)
+        return ranked
     scale = {"mean": live.mean, "max": live.max, "l2": live.norm}[how]()
     return scores / scale if scale > 0 else scores
 
