@@ -5,13 +5,14 @@ The data flows one way: a model is traced into channel groups (:func:`channel_gr
 ``torch.nn.utils.prune`` masks (:mod:`torch_rlprune.masks`) that :mod:`torch_rlprune.metrics` counts.
 """
 
-from . import channel_ops, criteria, data, lottery, metrics, models, rewards, training
+from . import channel_ops, criteria, data, lottery, metrics, models, rewards, training, widths
 from .channel_ops import register_channel_op
 from .groups import ChannelGroup, ChannelGroups, Member, Role, channel_groups
 from .lottery import LotteryTicket, reinitialize, rewind
 from .masks import alive_channels, apply_channel_masks, effective_weight
 from .methods import (
     RandomSearchPruning,
+    RandomWidthPruning,
     RLStructuredPruning,
     SimulatedAnnealingPruning,
     global_structured,
@@ -40,8 +41,10 @@ __all__ = [
     "RLStructuredPruning",
     "SimulatedAnnealingPruning",
     "RandomSearchPruning",
+    "RandomWidthPruning",
     "rewards",
     "training",
+    "widths",
     "slim",
     "save",
     "load",

@@ -27,6 +27,7 @@ from .search import (
     SearchStrategy,
     run_search,
 )
+from .widths import RandomWidthStrategy, WidthReinforceStrategy
 from .selection import (
     NORMALIZATIONS,
     channels_to_prune,
@@ -44,6 +45,7 @@ __all__ = [
     "RLStructuredPruning",
     "SimulatedAnnealingPruning",
     "RandomSearchPruning",
+    "RandomWidthPruning",
     "rl_structured",
 ]
 
@@ -196,7 +198,9 @@ def global_structured(
     :mod:`torch_rlprune.criteria`) by that criterion, summed over a group's convolutions. Layers differ in
     width and weight scale, so before the global ranking every group's scores are divided by the **mean score of
     its alive channels** (``normalize="mean"``; ``"max"``, ``"l2"`` and ``"none"`` are the alternatives): a
-    channel is then pruned for being weak relative to its own layer.
+    channel is then pruned for being weak relative to its own layer. ``normalize="rank"`` ranks within each group
+    instead, so that every group loses the same fraction of its channels (uniform pruning, up to rounding and
+    ``min_keep``).
 
     **Amount.** ``amount`` counts channels (filters), never parameters: a float is the fraction of the listed
     groups' channels that are still unpruned, an int their number. A channel of a coupled group counts once.
@@ -573,10 +577,28 @@ class RLStructuredPruning(_SearchPruning):
 
     kind = "rl"
     default_batch = 8
-    option_names = ("lr", "entropy_coef", "baseline", "baseline_decay", "hidden", "saliency")
+    #: the options each ``policy`` takes (besides ``policy`` itself)
+    policy_options = {"filters": ("lr", "entropy_coef", "baseline", "baseline_decay", "hidden", "saliency"),
+                      "widths": ("lr", "std", "min_std", "max_std")}  # fmt: skip
+    option_names = ("policy", *dict.fromkeys(o for names in policy_options.values() for o in names))
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        policy = self.options.get("policy", "filters")
+        if policy not in self.policy_options:
+            raise ValueError(f"RLStructuredPruning: policy must be one of {', '.join(map(repr, self.policy_options))}, "
+                             f"got {policy!r}.")  # fmt: skip
+        other = sorted(set(self.options) - {"policy", *self.policy_options[policy]})
+        if other:
+            raise TypeError(f"RLStructuredPruning: {', '.join(other)} are not options of policy={policy!r}; it takes "
+                            f"{', '.join(self.policy_options[policy])}.")  # fmt: skip
+        self.policy = policy
 
     def _strategy(self, features, group_sizes, n_keep, min_keep, device):  # type: ignore[no-untyped-def]
-        options = {k: v for k, v in self.options.items() if k != "saliency"}
+        options = {k: v for k, v in self.options.items() if k not in ("saliency", "policy")}
+        if self.policy == "widths":
+            # Column 0 of both callers' features is the filter's L1 norm relative to its layer's mean.
+            return WidthReinforceStrategy(group_sizes, n_keep, min_keep, features[:, 0], seed=self.seed, **options)
         controller = ReinforceController(features, group_sizes, n_keep, min_keep, seed=self.seed, device=device,
                                          **options)  # fmt: skip
         return ReinforceStrategy(controller)
@@ -638,6 +660,39 @@ class RandomSearchPruning(_SearchPruning):
 
     def _strategy(self, features, group_sizes, n_keep, min_keep, device):  # type: ignore[no-untyped-def]
         return RandomStrategy(group_sizes, n_keep, min_keep, seed=self.seed)
+
+
+class RandomWidthPruning(_SearchPruning):
+    r"""Prune to the best of ``episodes`` random layer widths, each layer keeping its largest-L1 filters.
+
+    The EagleEye-style baseline (Li et al., 2020): every candidate draws one keep fraction per channel group
+    uniformly from ``[low, high]``, projects the fractions onto the budget
+    (:func:`torch_rlprune.widths.counts_for_fractions`) and keeps the filters of largest L1 norm in each group
+    (:class:`torch_rlprune.widths.RandomWidthStrategy`). Same interface, reward, budget and evaluation as
+    :class:`RLStructuredPruning`, so that the searches are compared on equal evaluation budgets.
+
+    Args:
+        low (float): smallest keep fraction drawn. Default: 0.05.
+        high (float): largest keep fraction drawn. Default: 1.0.
+
+    Example:
+        >>> import torch
+        >>> import torch_rlprune as rlp
+        >>> model = rlp.models.BasicCNN(width=0.25)
+        >>> x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
+        >>> convs = [(m, "weight") for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+        >>> result = rlp.global_structured(
+        ...     convs, rlp.RandomWidthPruning, amount=0.5, model=model, example_inputs=x[:1],
+        ...     reward=rlp.rewards.NegativeLoss([(x, y)]), episodes=8, seed=0, progress=False)
+        >>> result.evaluations, sum(int(m.weight_mask.flatten(1).any(1).sum()) for m, _ in convs)
+        (8, 120)
+    """
+
+    kind = "random-width"
+    option_names = ("low", "high")
+
+    def _strategy(self, features, group_sizes, n_keep, min_keep, device):  # type: ignore[no-untyped-def]
+        return RandomWidthStrategy(group_sizes, n_keep, min_keep, features[:, 0], seed=self.seed, **self.options)
 
 
 def rl_structured(

@@ -1,0 +1,156 @@
+import pytest
+import torch
+from torch import nn
+
+import torch_rlprune as rlp
+from torch_rlprune.search import run_search
+from torch_rlprune.widths import (
+    RandomWidthStrategy,
+    WidthReinforceStrategy,
+    counts_for_fractions,
+    keep_top,
+)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_counts_stay_on_the_budget_between_floors_and_sizes(seed):
+    g = torch.Generator().manual_seed(seed)
+    sizes = torch.randint(1, 40, (5,), generator=g).tolist()
+    floors = [int(torch.randint(0, s + 1, (1,), generator=g)) for s in sizes]
+    n_keep = int(torch.randint(sum(floors), sum(sizes) + 1, (1,), generator=g))
+    fractions = torch.rand(16, 5, generator=g) ** 3  # some near zero
+    counts = counts_for_fractions(fractions, sizes, n_keep, floors)
+    assert (counts.sum(1) == n_keep).all()
+    assert (counts >= torch.tensor(floors)).all() and (counts <= torch.tensor(sizes)).all()
+
+
+def test_counts_follow_the_fractions():
+    counts = counts_for_fractions(torch.tensor([[0.2, 0.2, 0.2], [0.9, 0.1, 0.5]]), [100, 100, 100], 90, [1, 1, 1])
+    assert counts[0].tolist() == [30, 30, 30]
+    assert counts[1].tolist() == [54, 6, 30]  # 9 : 1 : 5
+    # A group cannot keep more than it has: the surplus goes to the others, in proportion.
+    assert counts_for_fractions(torch.tensor([[1.0, 0.1, 0.1]]), [10, 100, 100], 50, [1, 1, 1]).tolist() == [[10, 20, 20]]
+
+
+def test_keep_top_keeps_the_highest_ranked_of_each_group():
+    ranking = torch.tensor([3.0, 1.0, 2.0, 0.5, 9.0, 4.0])
+    keep = keep_top(torch.tensor([[2, 1], [0, 3]]), ranking, [3, 3])
+    assert keep.tolist() == [[True, False, True, False, True, False], [False, False, False, True, True, True]]
+
+
+def test_random_widths_vary_and_keep_the_largest_filters():
+    ranking = torch.arange(60.0)
+    strategy = RandomWidthStrategy([20, 20, 20], n_keep=24, min_keep=[2, 2, 2], ranking=ranking, seed=0)
+    keep, _ = strategy.propose(32)
+    counts = keep.view(32, 3, 20).sum(2)
+    assert (keep.sum(1) == 24).all() and (counts >= 2).all()
+    assert len({tuple(c) for c in counts.tolist()}) > 20  # widths differ from draw to draw
+    for row, c in zip(keep.view(32, 3, 20), counts):
+        for group, n in zip(row, c):
+            assert group[20 - int(n):].all()  # the top-ranked filters of each group
+    again = RandomWidthStrategy([20, 20, 20], n_keep=24, min_keep=[2, 2, 2], ranking=ranking, seed=0)
+    assert torch.equal(again.propose(32)[0], keep)
+    with pytest.raises(ValueError, match="low <= high"):
+        RandomWidthStrategy([4], 2, [1], torch.zeros(4), low=0.5, high=0.2)
+
+
+def noisy_width_reward(keep, generator, sizes=(16, 16, 16, 16), best=(0.1, 0.2, 0.3, 0.4)):
+    """Best when the groups keep filters in the proportions ``best``, plus noise whose standard deviation is a
+    quarter of the reward's gap between uniform widths (the start) and the best ones (0.4)."""
+    counts = torch.stack([k.sum() for k in keep.split(list(sizes))]).double()
+    share = counts / counts.sum()
+    return float(-(share - torch.tensor(best, dtype=torch.float64)).abs().sum() + 0.1 * torch.randn((), generator=generator))
+
+
+def test_width_reinforce_learns_widths_from_a_noisy_reward():
+    sizes = [16, 16, 16, 16]
+    strategy = WidthReinforceStrategy(sizes, n_keep=20, min_keep=[1] * 4, ranking=torch.zeros(64), seed=0)
+    start = strategy.best_guess().view(4, 16).sum(1)
+    noise = torch.Generator().manual_seed(1)
+    run_search(strategy, lambda k: noisy_width_reward(k, noise), episodes=480, batch=8, progress=False)
+    learnt = strategy.best_guess().view(4, 16).sum(1)
+    assert start.tolist() == [5, 5, 5, 5]
+    # Uniform widths miss the best ones by 8 filters; the policy's mean widths by at most 2.
+    assert int((learnt - torch.tensor([2, 4, 6, 8])).abs().sum()) <= 2, learnt
+    assert float(strategy.policy.log_std.exp().max()) <= 1.0 + 1e-6
+
+
+def test_width_reinforce_checkpoint_continues_exactly(tmp_path):
+    sizes = [8, 8]
+
+    def reward(keep):
+        return float(keep[8:].sum())
+
+    def fresh():
+        return WidthReinforceStrategy(sizes, n_keep=6, min_keep=[1, 1], ranking=torch.arange(16.0), seed=3)
+
+    whole = run_search(fresh(), reward, episodes=40, batch=4, progress=False)
+    run_search(fresh(), reward, episodes=20, batch=4, progress=False, checkpoint=tmp_path / "s.ckpt")
+    resumed = run_search(fresh(), reward, episodes=40, batch=4, progress=False, resume=tmp_path / "s.ckpt")
+    assert [r["reward"] for r in resumed.history] == [r["reward"] for r in whole.history]
+    assert torch.equal(resumed.best_keep, whole.best_keep)
+
+
+def test_width_reinforce_learns_nothing_from_one_episode_and_refuses_bad_options():
+    strategy = WidthReinforceStrategy([4, 4], 4, [1, 1], torch.zeros(8), seed=0)
+    before = strategy.policy.mean.detach().clone()
+    keep, token = strategy.propose(1)
+    strategy.observe(token, keep, torch.tensor([1.0]))
+    assert torch.equal(strategy.policy.mean.detach(), before)
+    with pytest.raises(ValueError, match="lr must be a positive number"):
+        WidthReinforceStrategy([4], 2, [1], torch.zeros(4), lr=0)
+    with pytest.raises(ValueError, match="min_std <= std <= max_std"):
+        WidthReinforceStrategy([4], 2, [1], torch.zeros(4), std=2.0)
+
+
+def basic_model_and_reward(seed=0):
+    torch.manual_seed(seed)
+    model = rlp.models.BasicCNN(width=0.25)
+    x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
+    return model, x, rlp.rewards.NegativeLoss([(x, y)])
+
+
+def test_rl_with_the_width_policy_prunes_through_global_structured():
+    model, x, reward = basic_model_and_reward()
+    convs = [(m, "weight") for m in model.modules() if isinstance(m, nn.Conv2d)]
+    l1 = torch.cat([m.weight.detach().flatten(1).abs().sum(1) for m, _ in convs])
+    result = rlp.global_structured(convs, rlp.RLStructuredPruning, amount=0.6, model=model, example_inputs=x[:1],
+                                   reward=reward, episodes=24, seed=0, progress=False, policy="widths", lr=0.2)
+    kept = torch.cat([m.weight_mask.flatten(1).any(1) for m, _ in convs])
+    assert result.evaluations == 24 and int(kept.sum()) == 96
+    assert {"mean_reward", "width_std"} <= set(result.history[-1])
+    # Inside each layer the largest filters are kept, whatever the widths.
+    offset = 0
+    for m, _ in convs:
+        n = m.out_channels
+        layer_kept, layer_l1 = kept[offset:offset + n], l1[offset:offset + n]
+        if 0 < int(layer_kept.sum()) < n:
+            assert layer_l1[layer_kept].min() >= layer_l1[~layer_kept].max()
+        offset += n
+
+
+def test_random_width_pruning_is_a_method_like_the_others():
+    model, x, reward = basic_model_and_reward()
+    convs = [(m, "weight") for m in model.modules() if isinstance(m, nn.Conv2d)]
+    result = rlp.global_structured(convs, rlp.RandomWidthPruning, amount=0.75, model=model, example_inputs=x[:1],
+                                   reward=reward, episodes=6, seed=0, progress=False, low=0.2)
+    widths = [int(m.weight_mask.flatten(1).any(1).sum()) for m, _ in convs]
+    assert sum(widths) == 60 and result.evaluations == 6
+    assert len({tuple(r["kept"]) for r in result.history}) > 1
+
+
+def test_policy_option_errors_name_the_policy():
+    with pytest.raises(ValueError, match="policy must be one of 'filters', 'widths'"):
+        rlp.RLStructuredPruning(0.5, reward=lambda m: 0.0, policy="layers")
+    with pytest.raises(TypeError, match="hidden are not options of policy='widths'"):
+        rlp.RLStructuredPruning(0.5, reward=lambda m: 0.0, policy="widths", hidden=8)
+    with pytest.raises(TypeError, match="std are not options of policy='filters'"):
+        rlp.RLStructuredPruning(0.5, reward=lambda m: 0.0, std=0.3)
+
+
+def test_rank_normalisation_prunes_every_group_alike():
+    model, x, _ = basic_model_and_reward()
+    convs = [(m, "weight") for m in model.modules() if isinstance(m, nn.Conv2d)]
+    rlp.global_structured(convs, torch.nn.utils.prune.LnStructured, n=1, amount=0.75, model=model,
+                          example_inputs=x[:1], normalize="rank")
+    assert [int(m.weight_mask.flatten(1).any(1).sum()) for m, _ in convs] == [4, 8, 16, 32]

@@ -1,0 +1,310 @@
+r"""Searching layer widths: keep-sets chosen as one keep fraction per group, the filters inside by a ranking.
+
+What a pruned network is worth follows mostly from how many filters each layer keeps, much less from which ones
+(EagleEye, Li et al. 2020; the project's quality benchmark). A search over the ``G`` widths of a network learns
+from far fewer evaluations than one over its ``N`` filters. Here an action is a vector of per-group keep
+fractions; :func:`counts_for_fractions` projects it onto the budget (exactly ``n_keep`` filters, at least
+``min_keep[g]`` and at most the group's size in group ``g``) and :func:`keep_top` keeps the highest-ranked
+filters of each group (by default their L1 norms). The projection and the ranking are fixed functions of the
+action, so for REINFORCE they belong to the environment: the log-probability of the fractions drawn is exact and
+the gradient estimate unbiased for the expected reward of the keep-sets they give.
+
+- :class:`RandomWidthStrategy`: uniformly random fractions, the EagleEye baseline (best of many random widths).
+- :class:`WidthReinforceStrategy`: REINFORCE over a Gaussian policy on the logits of the fractions
+  (:class:`WidthPolicy`), with rewards standardised within each batch so that a noisy reward moves each
+  width's logit by about ``lr`` per update whatever its scale.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["counts_for_fractions", "keep_top", "RandomWidthStrategy", "WidthPolicy", "WidthReinforceStrategy"]
+
+
+def counts_for_fractions(
+    fractions: torch.Tensor, group_sizes: Sequence[int], n_keep: int, min_keep: Sequence[int]
+) -> torch.Tensor:
+    r"""Integer filter counts per group, proportional to ``fractions * group_sizes`` and exactly on the budget.
+
+    Each row's targets :math:`t_g = f_g s_g` are scaled by the one factor :math:`\lambda` for which
+    :math:`\sum_g \mathrm{clamp}(\lambda t_g, m_g, s_g) = n_{keep}` (found by bisection), then rounded by largest
+    remainders so that the counts add up to ``n_keep`` exactly without leaving ``[min_keep[g], size[g]]``.
+
+    Args:
+        fractions (torch.Tensor): ``[n, G]`` positive keep fractions (only their ratios matter).
+        group_sizes (sequence of int): filters per group.
+        n_keep (int): filters kept in all, between ``sum(min_keep)`` and ``sum(group_sizes)``.
+        min_keep (sequence of int): filters each group keeps at least.
+
+    Returns:
+        torch.Tensor: ``[n, G]`` long counts, each row summing to ``n_keep``.
+
+    Example:
+        >>> import torch
+        >>> counts_for_fractions(torch.tensor([[0.5, 0.5], [1.0, 0.1]]), [10, 30], 20, [1, 1]).tolist()
+        [[5, 15], [10, 10]]
+    """
+    sizes = torch.tensor(list(group_sizes), dtype=torch.float64)
+    floors = torch.tensor(list(min_keep), dtype=torch.float64)
+    targets = fractions.detach().double().cpu().clamp(min=1e-9) * sizes
+
+    def total(scale: torch.Tensor) -> torch.Tensor:
+        return torch.minimum(torch.maximum(scale[:, None] * targets, floors), sizes).sum(1)
+
+    # The largest useful scale makes every group full; the smallest puts every group on its floor.
+    low = torch.zeros(len(targets), dtype=torch.float64)
+    high = (sizes / targets).amax(1)
+    for _ in range(60):
+        mid = (low + high) / 2
+        below = total(mid) < n_keep
+        low, high = torch.where(below, mid, low), torch.where(below, high, mid)
+    real = torch.minimum(torch.maximum(high[:, None] * targets, floors), sizes)
+    counts = real.floor()
+    remainder = real - counts
+    missing = (n_keep - counts.sum(1)).long()
+    for row in range(len(counts)):
+        room = counts[row] < sizes
+        order = torch.argsort(torch.where(room, remainder[row], torch.full_like(remainder[row], -1.0)), descending=True)
+        counts[row, order[: int(missing[row])]] += 1
+    return counts.long()
+
+
+def keep_top(counts: torch.Tensor, ranking: torch.Tensor, group_sizes: Sequence[int]) -> torch.Tensor:
+    """Keep-sets holding the ``counts[:, g]`` highest-ranked filters of every group ``g``.
+
+    Args:
+        counts (torch.Tensor): ``[n, G]`` filters to keep per group.
+        ranking (torch.Tensor): ``[N]`` per-filter scores, higher kept first (ties broken by position).
+        group_sizes (sequence of int): filters per group, summing to ``N``.
+
+    Returns:
+        torch.Tensor: ``[n, N]`` boolean keep-sets.
+
+    Example:
+        >>> import torch
+        >>> keep_top(torch.tensor([[1, 2]]), torch.tensor([0.1, 0.9, 0.5, 0.2, 0.7]), [2, 3]).int().tolist()
+        [[0, 1, 1, 0, 1]]
+    """
+    rows = []
+    for scores in ranking.detach().cpu().split(list(group_sizes)):
+        order = torch.argsort(scores, descending=True, stable=True)
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(len(order))
+        rows.append(rank)
+    rank = torch.cat(rows)
+    group_of = torch.repeat_interleave(torch.arange(len(group_sizes)), torch.tensor(list(group_sizes)))
+    return rank[None, :] < counts.cpu()[:, group_of]
+
+
+def _generator(seed: int | None) -> torch.Generator:
+    generator = torch.Generator()
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    return generator
+
+
+class RandomWidthStrategy:
+    """Keep fractions drawn uniformly from ``[low, high]`` per group, projected onto the budget, filters by rank.
+
+    The EagleEye baseline: the best of many random layer widths, the filters inside each layer by their L1 norms.
+
+    Args:
+        group_sizes (sequence of int): filters per group.
+        n_keep (int): filters every keep-set holds.
+        min_keep (sequence of int): filters each group keeps at least.
+        ranking (torch.Tensor): ``[N]`` per-filter scores; each group keeps its highest.
+        low (float): smallest fraction drawn. Default: 0.05.
+        high (float): largest fraction drawn. Default: 1.0.
+        seed (int, optional): seeds the draws.
+
+    Example:
+        >>> import torch
+        >>> strategy = RandomWidthStrategy([8, 8], n_keep=6, min_keep=[1, 1], ranking=torch.arange(16.0), seed=0)
+        >>> keep, _ = strategy.propose(2)
+        >>> keep.sum(1).tolist(), bool(keep[0, 7] or not keep[0, :8].any())  # the top of group 0 comes first
+        ([6, 6], True)
+    """
+
+    kind = "random-width"
+
+    def __init__(
+        self,
+        group_sizes: Sequence[int],
+        n_keep: int,
+        min_keep: Sequence[int],
+        ranking: torch.Tensor,
+        *,
+        low: float = 0.05,
+        high: float = 1.0,
+        seed: int | None = None,
+    ) -> None:
+        if not 0 < low <= high:
+            raise ValueError(f"RandomWidthStrategy: need 0 < low <= high, got low={low!r}, high={high!r}.")
+        self.group_sizes, self.n_keep, self.min_keep = list(group_sizes), n_keep, list(min_keep)
+        self.ranking, self.low, self.high = ranking.detach().cpu(), float(low), float(high)
+        self.generator = _generator(seed)
+
+    def propose(self, n: int) -> tuple[torch.Tensor, Any]:
+        fractions = self.low + (self.high - self.low) * torch.rand(n, len(self.group_sizes), generator=self.generator)
+        counts = counts_for_fractions(fractions, self.group_sizes, self.n_keep, self.min_keep)
+        return keep_top(counts, self.ranking, self.group_sizes), None
+
+    def observe(self, token: Any, keep: torch.Tensor, rewards: torch.Tensor) -> dict[str, float]:
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+
+
+class WidthPolicy(nn.Module):
+    r"""A Gaussian over the logits of ``G`` keep fractions: :math:`z_g \sim \mathcal N(\mu_g, \sigma_g^2)`,
+    fraction :math:`\mathrm{sigmoid}(z_g)`.
+
+    Args:
+        groups (int): number of groups.
+        start (float): the fraction every group starts at (its logit is the initial mean).
+        std (float): the initial standard deviation of every logit.
+
+    Example:
+        >>> import torch
+        >>> policy = WidthPolicy(3, start=0.25, std=0.5)
+        >>> z = policy.sample(4, torch.Generator().manual_seed(0))
+        >>> z.shape, policy.log_prob(z).shape
+        (torch.Size([4, 3]), torch.Size([4]))
+    """
+
+    def __init__(self, groups: int, start: float, std: float) -> None:
+        super().__init__()
+        start = min(max(start, 1e-3), 1 - 1e-3)
+        self.mean = nn.Parameter(torch.full((groups,), math.log(start / (1 - start))))
+        self.log_std = nn.Parameter(torch.full((groups,), math.log(std)))
+
+    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """``[n, G]`` logits drawn from the policy (no gradient)."""
+        noise = torch.randn(n, self.mean.numel(), generator=generator)
+        return (self.mean + self.log_std.exp() * noise).detach()
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """The exact log-density of each row of ``z``, differentiable in the policy's parameters."""
+        return torch.distributions.Normal(self.mean, self.log_std.exp()).log_prob(z).sum(1)
+
+
+class WidthReinforceStrategy:
+    r"""REINFORCE over layer widths: a :class:`WidthPolicy` trained with Adam on standardised rewards.
+
+    Each step draws ``n`` logit vectors, turns them into keep-sets (:func:`counts_for_fractions`,
+    :func:`keep_top`) and, once rewarded, takes one Adam step on
+
+    .. math::
+        L = -\frac{1}{n} \sum_e A_e \log p(z_e), \qquad A_e = \frac{R_e - \bar R}{\mathrm{std}(R) + \epsilon},
+
+    where :math:`\bar R` is the mean of the *other* episodes' rewards of the step (leave-one-out, so the
+    baseline does not depend on the episode's own action) and :math:`\mathrm{std}(R)` the spread of the step's
+    rewards (which biases the estimate slightly, for a step size that does not follow the reward's scale).
+    Standardising makes the step size independent of the
+    reward's scale and noise: Adam moves each mean by about ``lr`` per step, towards the widths that scored above
+    their batch. The standard deviations are learnt too, within ``[min_std, max_std]``, so that the policy
+    narrows once it is sure and never collapses to a point.
+
+    Args:
+        group_sizes (sequence of int): filters per group.
+        n_keep (int): filters every keep-set holds.
+        min_keep (sequence of int): filters each group keeps at least.
+        ranking (torch.Tensor): ``[N]`` per-filter scores; each group keeps its highest.
+        lr (float): Adam's learning rate. Default: 0.1.
+        std (float): initial standard deviation of the logits. Default: 0.5.
+        min_std (float): smallest standard deviation. Default: 0.05.
+        max_std (float): largest standard deviation. Default: 1.0.
+        seed (int, optional): seeds the draws.
+
+    Example:
+        >>> import torch
+        >>> strategy = WidthReinforceStrategy([10, 10], n_keep=8, min_keep=[1, 1], ranking=torch.zeros(20),
+        ...                                   seed=0)
+        >>> for _ in range(30):  # the reward: filters kept in the second group
+        ...     keep, token = strategy.propose(8)
+        ...     _ = strategy.observe(token, keep, keep[:, 10:].sum(1).double())
+        >>> int(strategy.best_guess()[10:].sum()) >= 7
+        True
+    """
+
+    kind = "rl-widths"
+
+    def __init__(
+        self,
+        group_sizes: Sequence[int],
+        n_keep: int,
+        min_keep: Sequence[int],
+        ranking: torch.Tensor,
+        *,
+        lr: float = 0.1,
+        std: float = 0.5,
+        min_std: float = 0.05,
+        max_std: float = 1.0,
+        seed: int | None = None,
+    ) -> None:
+        for name, value in (("lr", lr), ("std", std), ("min_std", min_std), ("max_std", max_std)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+                raise ValueError(f"WidthReinforceStrategy: {name} must be a positive number, got {value!r}.")
+        if not min_std <= std <= max_std:
+            raise ValueError(f"WidthReinforceStrategy: need min_std <= std <= max_std, got {min_std}, {std}, {max_std}.")
+        self.group_sizes, self.n_keep, self.min_keep = list(group_sizes), n_keep, list(min_keep)
+        self.ranking = ranking.detach().cpu()
+        self.bounds = (math.log(min_std), math.log(max_std))
+        self.policy = WidthPolicy(len(self.group_sizes), n_keep / sum(self.group_sizes), std)
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=float(lr))
+        self.generator = _generator(seed)
+        self.steps = 0
+
+    def _keep(self, z: torch.Tensor) -> torch.Tensor:
+        counts = counts_for_fractions(torch.sigmoid(z), self.group_sizes, self.n_keep, self.min_keep)
+        return keep_top(counts, self.ranking, self.group_sizes)
+
+    def propose(self, n: int) -> tuple[torch.Tensor, Any]:
+        z = self.policy.sample(n, self.generator)
+        return self._keep(z), z
+
+    def observe(self, token: Any, keep: torch.Tensor, rewards: torch.Tensor) -> dict[str, float]:
+        rewards = rewards.detach().double().cpu()
+        n = len(rewards)
+        stats = {"mean_reward": float(rewards.mean()), "width_std": float(self.policy.log_std.detach().exp().mean())}
+        if n < 2:  # one episode has no other to compare with: nothing to learn
+            return stats
+        others_mean = (rewards.sum() - rewards) / (n - 1)
+        centred = rewards - others_mean
+        scale = rewards.std() if n > 2 else centred.abs().mean()
+        advantage = (centred / (scale + 1e-12)).float() if scale > 0 else torch.zeros(n)
+        loss = -(advantage * self.policy.log_prob(token)).mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        with torch.no_grad():
+            self.policy.log_std.clamp_(*self.bounds)
+        self.steps += 1
+        return stats
+
+    def best_guess(self) -> torch.Tensor:
+        """The keep-set of the policy's mean widths."""
+        return self._keep(self.policy.mean.detach()[None])[0]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"policy": {k: v.clone() for k, v in self.policy.state_dict().items()},
+                "optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
+                "steps": self.steps}  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.policy.load_state_dict(state["policy"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self.steps = state["steps"]
