@@ -21,6 +21,7 @@ convs, which is set for the duration of the call and restored.
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -93,6 +94,20 @@ class CandidateModel(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         with self._evaluator.patched(self._vectors if self._evaluator.mode == "slice" else {}):
             return functional_call(self.model, self._tensors, args, kwargs, strict=False)
+
+    def substitute(self, tensors: dict[str, torch.Tensor]) -> CandidateModel:
+        """This candidate with some of its tensors replaced, e.g. re-estimated norm statistics.
+
+        Args:
+            tensors (dict): tensors named as in the model (``"features.3.running_mean"``, not ``"model.…"``),
+                each shaped as the candidate has it (see :meth:`named_buffers`).
+
+        Returns:
+            CandidateModel: a view of the same candidate computing with ``tensors``; this one is unchanged.
+        """
+        view = copy.copy(self)
+        view._tensors = {**self._tensors, **tensors}
+        return view
 
     def macs(self) -> int:
         """Multiply-accumulates per example of the sliced network (as :func:`torch_rlprune.metrics.count_macs`)."""
