@@ -333,3 +333,55 @@ def test_a_reward_reading_the_view_parameters_sees_the_candidate(mode):
     else:
         assert conv.shape[0] == groups[0].size and not conv[groups[0].size // 2 :].any()
     assert sum(1 for _ in view.buffers()) == sum(1 for _ in model.buffers())
+
+
+def test_finalists_are_rescored_on_the_final_reward_within_the_budget(tmp_path):
+    torch.manual_seed(0)
+    model = rlp.models.BasicCNN(width=0.125)
+    x = torch.randn(4, 3, 32, 32)
+    convs = [(m, "weight") for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    first = convs[0][0]
+
+    def kept_first(view):  # the "true" quality: filters kept in the first layer (the candidate's sliced weight)
+        return float(dict(view.named_parameters())["model.features.0.weight"].shape[0])
+
+    noise = torch.Generator().manual_seed(1)
+
+    def noisy(view):  # the search's reward: the truth buried in noise
+        return kept_first(view) + 20 * float(torch.randn((), generator=noise))
+
+    seen = []
+
+    def final(view):
+        seen.append(kept_first(view))
+        return seen[-1]
+
+    result = rlp.global_structured(convs, rlp.RandomWidthPruning, amount=0.5, model=model, example_inputs=x[:1],
+                                   reward=noisy, episodes=24, seed=0, progress=False, finalists=4,
+                                   final_reward=final)  # fmt: skip
+    assert result.evaluations == 24 and len(result.history) == 20
+    assert len(result.finalists) == 4 and result.final_rewards == seen
+    rewards = [r for r, _ in result.finalists]
+    assert rewards == sorted(rewards, reverse=True) and rewards[0] == max(r["reward"] for r in result.history)
+    chosen = max(range(4), key=seen.__getitem__)
+    assert torch.equal(result.best_keep, result.finalists[chosen][1])
+    assert int(first.weight_mask.flatten(1).any(1).sum()) == max(seen)
+
+
+def test_finalists_survive_a_resumed_search(tmp_path):
+    strategy = lambda: RandomStrategy([6, 6], n_keep=5, min_keep=[1, 1], seed=2)  # noqa: E731
+    reward = lambda keep: float(keep[:6].sum()) + 0.01 * float(keep.nonzero()[0])  # noqa: E731
+    whole = run_search(strategy(), reward, episodes=30, finalists=3, progress=False)
+    run_search(strategy(), reward, episodes=12, finalists=3, progress=False, checkpoint=tmp_path / "s.pt")
+    resumed = run_search(strategy(), reward, episodes=30, finalists=3, progress=False, resume=tmp_path / "s.pt")
+    assert [r for r, _ in resumed.finalists] == [r for r, _ in whole.finalists]
+    assert len({tuple(k.tolist()) for _, k in whole.finalists}) == 3
+
+
+def test_finalists_need_a_final_reward_and_fit_the_budget():
+    with pytest.raises(ValueError, match="needs final_reward"):
+        rlp.RLStructuredPruning(0.5, reward=lambda m: 0.0, finalists=2)
+    with pytest.raises(ValueError, match=r"finalists must be an int in \[0, episodes\)"):
+        rlp.RLStructuredPruning(0.5, reward=lambda m: 0.0, episodes=4, finalists=4, final_reward=lambda m: 0.0)
+    with pytest.raises(ValueError, match="finalists must be an int >= 0"):
+        run_search(RandomStrategy([2], 1, [1], seed=0), lambda k: 0.0, episodes=2, finalists=-1, progress=False)

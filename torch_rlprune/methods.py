@@ -362,6 +362,8 @@ class _SearchPruning(prune.BasePruningMethod):
         checkpoint_every: int = 50,
         resume: Any = None,
         distributed: Any = False,
+        finalists: int = 0,
+        final_reward: Callable[[nn.Module], float] | None = None,
         _target: tuple[nn.Module, str] | None = None,
         **options: Any,
     ) -> None:
@@ -379,6 +381,14 @@ class _SearchPruning(prune.BasePruningMethod):
             raise ValueError(f"{name}: batch must be an int >= 1 (candidates per step) or None, got {batch!r}.")
         if dim != 0:
             raise ValueError(f"{name}: dim={dim} is not supported; filters are pruned along dim 0.")
+        if isinstance(finalists, bool) or not isinstance(finalists, int) or not 0 <= finalists < episodes:
+            raise ValueError(f"{name}: finalists must be an int in [0, episodes), got {finalists!r}.")
+        if finalists and not callable(final_reward):
+            raise ValueError(
+                f"{name}: finalists={finalists} needs final_reward, a reward on validation batches the search does "
+                "not use (e.g. rlp.rewards.Accuracy(other_val_loader)), to re-score the finalists with."
+            )
+        self.finalists, self.final_reward = finalists, final_reward
         self.round_to = check_round_to(round_to, name)
         unknown = set(options) - set(self.option_names)
         if unknown:
@@ -409,15 +419,29 @@ class _SearchPruning(prune.BasePruningMethod):
         group_sizes: list[int],
         n_keep: int,
         min_keep: list[int],
-        evaluate: Callable[[torch.Tensor], float],
+        evaluate: Callable[..., float],
         device: torch.device,
     ) -> SearchResult:
-        """Run the search over ``sum(group_sizes)`` filters and remember its result in :attr:`result`."""
+        """Run the search over ``sum(group_sizes)`` filters and remember its result in :attr:`result`.
+
+        ``evaluate(keep)`` returns the reward of a keep-set, ``evaluate(keep, reward)`` that of another reward.
+        With ``finalists``, the search spends that many of its ``episodes`` re-scoring its best keep-sets with
+        ``final_reward`` and keeps the one that scores highest there: the best of many noisy rewards is
+        overrated, and fresh data tells the finalists apart without that bias.
+        """
         strategy = self._strategy(features, group_sizes, n_keep, min_keep, device)
         if self.round_to > 1:
             # Column 0 of both callers' features is the filter's L1 norm relative to its layer's mean.
             strategy = RoundedStrategy(strategy, self.round_to, min_keep, features[:, 0])
-        self.result = run_search(strategy, evaluate, episodes=self.episodes, batch=self.batch, **self.run_options)
+        result = run_search(strategy, evaluate, episodes=self.episodes - self.finalists, batch=self.batch,
+                            finalists=self.finalists, **self.run_options)  # fmt: skip
+        if self.finalists and not result.interrupted:
+            result.final_rewards = [check_reward(evaluate(keep, self.final_reward), self.final_reward)
+                                    for _, keep in result.finalists]  # fmt: skip
+            chosen = max(range(len(result.finalists)), key=result.final_rewards.__getitem__)
+            result.best_reward, result.best_keep = result.finalists[chosen]
+            result.evaluations += len(result.finalists)
+        self.result = result
         return self.result
 
     @classmethod
@@ -453,9 +477,9 @@ class _SearchPruning(prune.BasePruningMethod):
             full[rows[keep.cpu()]] = True
             return current * full.to(current.device).view(-1, *([1] * (current.dim() - 1)))
 
-        def evaluate(keep: torch.Tensor) -> float:
+        def evaluate(keep: torch.Tensor, reward: Callable[[nn.Module], Any] = self.reward) -> float:
             setattr(module, name, orig * candidate_mask(keep))
-            return check_reward(self.reward(module), self.reward)
+            return check_reward(reward(module), reward)
 
         try:
             result = self.search(features, [n_alive], n_alive - n_prune, keep_min, evaluate, orig.device)
@@ -494,9 +518,9 @@ class _SearchPruning(prune.BasePruningMethod):
                 keep.append(k)
             return keep
 
-        def evaluate(flat: torch.Tensor) -> float:
+        def evaluate(flat: torch.Tensor, reward: Callable[[nn.Module], Any] = self.reward) -> float:
             with torch.no_grad():
-                return check_reward(self.reward(evaluator.view(unflatten(flat))), self.reward)
+                return check_reward(reward(evaluator.view(unflatten(flat))), reward)
 
         device = device_of(model)
         with evaluator.active():
@@ -555,6 +579,11 @@ class RLStructuredPruning(_SearchPruning):
         distributed (bool or ProcessGroup): share each batch's evaluations between the processes of a
             :mod:`torch.distributed` job (see :func:`torch_rlprune.search.run_search`); every rank gets the mask
             a single process would find with the same seed. Default: ``False``.
+        finalists (int): spend this many of the ``episodes`` re-scoring the best keep-sets found with
+            ``final_reward`` and keep the one scoring highest there (the best of many noisy rewards is
+            overrated; fresh data is not). Default: 0.
+        final_reward (callable, optional): the reward the finalists are re-scored with, on validation batches
+            that ``reward`` does not use. Needed with ``finalists``.
         saliency (dict, optional): per-filter scores keyed by ``(conv, "weight")``, such as
             :func:`torch_rlprune.criteria.snip` returns, given to the policy as one more feature per filter (see
             :func:`torch_rlprune.features.filter_features`); used by :func:`global_structured` only.

@@ -316,6 +316,10 @@ class SearchResult:
         wall_time (float): seconds spent searching, over all resumed runs.
         evaluations (int): rewards computed, over all resumed runs.
         interrupted (bool): the search stopped early on ``KeyboardInterrupt``.
+        finalists (list of tuple): with ``run_search(finalists=k)``, the ``k`` distinct keep-sets of highest
+            reward, ``(reward, keep)``, best first.
+        final_rewards (list of float): the finalists' rewards on fresh data, where a pruning method re-scored
+            them (its ``final_reward``); ``best_keep`` is then the finalist that scored highest there.
     """
 
     best_keep: torch.Tensor
@@ -324,6 +328,16 @@ class SearchResult:
     wall_time: float = 0.0
     evaluations: int = 0
     interrupted: bool = False
+    finalists: list[tuple[float, torch.Tensor]] = field(default_factory=list)
+    final_rewards: list[float] = field(default_factory=list)
+
+    def _admit(self, reward: float, keep: torch.Tensor, places: int) -> None:
+        if places < 1 or any(torch.equal(keep, k) for _, k in self.finalists):
+            return
+        if len(self.finalists) < places or reward > self.finalists[-1][0]:
+            self.finalists.append((reward, keep))
+            self.finalists.sort(key=lambda pair: -pair[0])
+            del self.finalists[places:]
 
 
 def _progress(total: int, initial: int, enabled: bool, desc: str) -> Any:
@@ -356,6 +370,7 @@ def _checkpoint(path: PathLike, strategy: SearchStrategy, result: SearchResult) 
             "history": result.history,
             "wall_time": result.wall_time,
             "evaluations": result.evaluations,
+            "finalists": result.finalists,
         },
         path,
     )
@@ -390,9 +405,8 @@ def _resume(path: PathLike, strategy: SearchStrategy, n_keep: int) -> SearchResu
             "checkpoint."
         )
     strategy.load_state_dict(state["strategy"])
-    return SearchResult(
-        state["best_keep"], state["best_reward"], state["history"], state["wall_time"], state["evaluations"]
-    )
+    return SearchResult(state["best_keep"], state["best_reward"], state["history"], state["wall_time"],
+                        state["evaluations"], finalists=state.get("finalists", []))  # fmt: skip
 
 
 class _Ranks:
@@ -454,6 +468,7 @@ def run_search(
     resume: PathLike | None = None,
     progress: bool = True,
     distributed: Any = False,
+    finalists: int = 0,
 ) -> SearchResult:
     r"""Evaluate ``episodes`` candidates proposed by ``strategy``, ``batch`` at a time, and keep the best.
 
@@ -478,6 +493,8 @@ def run_search(
             one-process search with the same seed and ``episodes``. Only rank 0 shows progress, writes to
             ``writer`` and writes ``checkpoint``; every rank reads ``resume``, so it must be on a shared file
             system. Use a ``batch`` that is a multiple of the world size, or some ranks idle. Default: ``False``.
+        finalists (int): also keep the ``finalists`` distinct keep-sets of highest reward, in
+            :attr:`SearchResult.finalists`, e.g. to re-score them on fresh data. Default: 0.
 
     Returns:
         SearchResult: the best keep-set, its reward, the history, the time and the number of evaluations.
@@ -495,6 +512,8 @@ def run_search(
         >>> result.evaluations, result.best_reward
         (20, 2.0)
     """
+    if isinstance(finalists, bool) or not isinstance(finalists, int) or finalists < 0:
+        raise ValueError(f"run_search: finalists must be an int >= 0, got {finalists!r}.")
     for name, value in (("episodes", episodes), ("batch", batch), ("checkpoint_every", checkpoint_every)):
         if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError(f"run_search: {name} must be an int, got {type(value).__name__}.")
@@ -537,6 +556,7 @@ def run_search(
             for k, r in zip(keep, rewards.tolist()):
                 if r > result.best_reward:
                     result.best_keep, result.best_reward = k.clone().cpu(), r
+                result._admit(r, k.clone().cpu(), finalists)
                 counts = [int(k[a:b].sum()) for a, b in zip(bounds, bounds[1:])]
                 records.append({"episode": result.evaluations + len(records), "reward": r,
                                 "best_reward": result.best_reward, "kept": counts, **stats})  # fmt: skip
