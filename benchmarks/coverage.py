@@ -65,7 +65,7 @@ import torch_rlprune as rlp
 from _machine import OtherLoad, available_cores, print_header, print_table
 from torch_rlprune.groups import CONV_TYPES
 from torch_rlprune.metrics import filters_per_layer
-from torch_rlprune.serialization import atomic_write
+from torch_rlprune._files import atomic_write
 
 NUM_CLASSES = 10
 AMOUNT = 0.5

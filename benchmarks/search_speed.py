@@ -12,7 +12,7 @@ batch's statistics, as the search's rewards do):
 - ``dense forward``: the unpruned network on the batch, the unit every other row is divided by;
 - ``keep vectors``: :func:`torch_rlprune.masks.keep_vectors` of a candidate, the host-side work every view does
   before it runs;
-- ``sliced view``: this package's evaluation, :class:`torch_rlprune.evaluation.CandidateModel` with
+- ``sliced view``: this package's evaluation, :class:`torch_rlprune.search.evaluation.CandidateModel` with
   ``mode="slice"``: index-select the kept channels of every tensor and run the sliced network through
   :func:`torch.func.functional_call`;
 - ``masked view``: the same with ``mode="mask"``: zero the pruned channels' tensors and run the dense network,
@@ -43,8 +43,8 @@ from torch.utils import benchmark
 
 import torch_rlprune as rlp
 from _machine import OtherLoad, available_cores, print_header, print_table
-from torch_rlprune.controller import sample_keep
-from torch_rlprune.evaluation import CandidateEvaluator
+from torch_rlprune.search.keepsets import sample_keep
+from torch_rlprune.search.evaluation import CandidateEvaluator
 from torch_rlprune.masks import keep_vectors
 
 GOAL = 0.25  # one episode should cost at most this share of a dense forward pass at 70% sparsity

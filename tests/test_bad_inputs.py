@@ -14,8 +14,8 @@ from torch import nn
 from torch.nn.utils import prune
 
 import torch_rlprune as rlp
-from torch_rlprune.controller import ReinforceController
-from torch_rlprune.evaluation import CandidateEvaluator
+from torch_rlprune.search.controller import ReinforceController
+from torch_rlprune.search.evaluation import CandidateEvaluator
 from torch_rlprune.lottery import LotteryTicket, Snapshot, rewind
 from torch_rlprune.search import AnnealingStrategy, RandomStrategy, run_search
 

@@ -7,7 +7,8 @@ from collections import Counter
 import pytest
 import torch
 
-from torch_rlprune.controller import FilterPolicy, ReinforceController, entropy_estimate, log_prob, sample_keep
+from torch_rlprune.search.controller import FilterPolicy, ReinforceController
+from torch_rlprune.search.keepsets import entropy_estimate, log_prob, sample_keep
 
 BASIC_CNN_SIZES = [64, 128, 256, 512]
 

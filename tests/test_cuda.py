@@ -72,7 +72,7 @@ def test_search_on_the_device_keeps_its_budget_and_repeats_with_its_seed(method,
 
 
 def test_the_controller_lives_on_the_device():
-    from torch_rlprune.controller import ReinforceController
+    from torch_rlprune.search.controller import ReinforceController
 
     controller = ReinforceController(torch.randn(240, 3), [16, 32, 64, 128], 120, [1] * 4, seed=0, device="cuda")
     assert controller.device.type == "cuda" and controller.generator.device.type == "cuda"

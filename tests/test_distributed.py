@@ -6,7 +6,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import torch_rlprune as rlp
-from torch_rlprune.controller import ReinforceController
+from torch_rlprune.search.controller import ReinforceController
 from torch_rlprune.masks import alive_channels
 from torch_rlprune.search import AnnealingStrategy, ReinforceStrategy, run_search
 

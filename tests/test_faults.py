@@ -15,7 +15,7 @@ from torch.nn.utils import prune
 
 import torch_rlprune as rlp
 from torch_rlprune import lottery, slicing
-from torch_rlprune.controller import ReinforceController
+from torch_rlprune.search.controller import ReinforceController
 from torch_rlprune.search import ReinforceStrategy, run_search
 
 from conftest import conv_pairs
@@ -28,7 +28,7 @@ CHILD = textwrap.dedent(
     """
     import pathlib, signal, sys, time
     import torch
-    from torch_rlprune.controller import ReinforceController
+    from torch_rlprune.search.controller import ReinforceController
     from torch_rlprune.search import ReinforceStrategy, run_search
 
     # Ctrl-C's KeyboardInterrupt, even where the test runner was started in the background with SIGINT ignored.

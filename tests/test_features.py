@@ -7,7 +7,7 @@ from torch.nn.utils import prune
 
 import torch_rlprune as rlp
 from torch_rlprune import criteria
-from torch_rlprune.features import FEATURE_NAMES, feature_names, filter_features
+from torch_rlprune.search.features import FEATURE_NAMES, feature_names, filter_features
 from torch_rlprune.groups import channel_groups
 from torch_rlprune.models import BasicCNN
 

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from torch.nn.utils import prune
 
 import torch_rlprune as rlp
-from torch_rlprune.controller import ReinforceController
-from torch_rlprune.evaluation import CandidateEvaluator
+from torch_rlprune.search.controller import ReinforceController
+from torch_rlprune.search.evaluation import CandidateEvaluator
 from torch_rlprune.lottery import Snapshot, _dense, rewind
 from torch_rlprune.masks import alive_channels
 from torch_rlprune.search import AnnealingStrategy, RandomStrategy, ReinforceStrategy

@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 import torch_rlprune as rlp
-from torch_rlprune.evaluation import CandidateEvaluator
-from torch_rlprune.rewards import NegativeLoss, Recalibrated
+from torch_rlprune.search.evaluation import CandidateEvaluator
+from torch_rlprune.search.rewards import NegativeLoss, Recalibrated
 
 
 def trained_looking_model(seed=0):

@@ -8,8 +8,8 @@ from torch import nn
 from torch.nn.utils import prune
 
 import torch_rlprune as rlp
-from torch_rlprune.controller import ReinforceController
-from torch_rlprune.evaluation import CandidateEvaluator
+from torch_rlprune.search.controller import ReinforceController
+from torch_rlprune.search.evaluation import CandidateEvaluator
 from torch_rlprune.masks import alive_channels, apply_channel_masks
 from torch_rlprune.search import AnnealingStrategy, RandomStrategy, ReinforceStrategy, run_search
 
@@ -305,7 +305,7 @@ def test_rl_structured_prunes_one_layer_by_reward():
 def test_a_reward_may_return_any_real_number_numpy_included():
     import numpy
 
-    from torch_rlprune.rewards import check_reward
+    from torch_rlprune.search.rewards import check_reward
 
     assert check_reward(numpy.float32(0.25), "r") == 0.25 and isinstance(check_reward(numpy.int64(3), "r"), float)
     with pytest.raises(TypeError, match="must return a number"):
@@ -314,7 +314,7 @@ def test_a_reward_may_return_any_real_number_numpy_included():
 
 @pytest.mark.parametrize("mode", ["slice", "mask"])
 def test_a_reward_reading_the_view_parameters_sees_the_candidate(mode):
-    from torch_rlprune.evaluation import CandidateEvaluator
+    from torch_rlprune.search.evaluation import CandidateEvaluator
 
     model = rlp.models.BasicCNN(width=0.25)
     x = torch.randn(2, 3, 32, 32)

@@ -5,7 +5,9 @@ The data flows one way: a model is traced into channel groups (:func:`channel_gr
 ``torch.nn.utils.prune`` masks (:mod:`torch_rlprune.masks`) that :mod:`torch_rlprune.metrics` counts.
 """
 
-from . import channel_ops, criteria, data, lottery, metrics, models, rewards, training, widths
+import sys
+
+from . import channel_ops, criteria, data, lottery, metrics, models, search, training
 from .channel_ops import register_channel_op
 from .groups import ChannelGroup, ChannelGroups, Member, Role, channel_groups
 from .lottery import LotteryTicket, reinitialize, rewind
@@ -18,8 +20,15 @@ from .methods import (
     global_structured,
     rl_structured,
 )
+from .search import rewards
 from .serialization import load, save
 from .slicing import slim
+
+# These modules lived at the top level before the search family moved into torch_rlprune.search; their old
+# import paths keep working.
+for _name in ("controller", "evaluation", "features", "rewards"):
+    sys.modules[f"{__name__}.{_name}"] = globals()[_name] = getattr(search, _name)
+del _name
 
 __all__ = [
     "criteria",
@@ -44,7 +53,7 @@ __all__ = [
     "RandomWidthPruning",
     "rewards",
     "training",
-    "widths",
+    "search",
     "slim",
     "save",
     "load",

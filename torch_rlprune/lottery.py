@@ -30,7 +30,7 @@ from torch.nn.utils import prune
 
 from . import metrics
 from .groups import ExampleInputs
-from .serialization import atomic_save, read_checked
+from ._files import atomic_save, read_checked
 from .slicing import KEPT_ATTR, _copy, cut_along_channels
 
 __all__ = ["Snapshot", "LotteryTicket", "rewind", "reinitialize", "iterative_pruning", "RoundRecord"]

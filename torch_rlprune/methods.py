@@ -12,22 +12,23 @@ from torch import nn
 from torch.nn.utils import prune
 
 from . import criteria
-from .controller import ReinforceController
-from .evaluation import MODES, CandidateEvaluator
-from .features import filter_features
 from .groups import CONV_TYPES, ChannelGroup, ChannelGroups, ExampleInputs, channel_groups, device_of
 from .masks import alive_channels, apply_channel_masks, effective_weight
-from .rewards import check_reward
 from .search import (
     AnnealingStrategy,
     RandomStrategy,
+    RandomWidthStrategy,
     ReinforceStrategy,
     RoundedStrategy,
     SearchResult,
     SearchStrategy,
+    WidthReinforceStrategy,
     run_search,
 )
-from .widths import RandomWidthStrategy, WidthReinforceStrategy
+from .search.controller import ReinforceController
+from .search.evaluation import MODES, CandidateEvaluator
+from .search.features import filter_features
+from .search.rewards import check_reward
 from .selection import (
     NORMALIZATIONS,
     channels_to_prune,
@@ -372,7 +373,7 @@ class _SearchPruning(prune.BasePruningMethod):
         if not callable(reward):
             raise TypeError(
                 f"{name}: reward must be a callable reward(model) -> float, such as "
-                "torch_rlprune.rewards.Accuracy(val_loader, batches=2); got "
+                "torch_rlprune.search.rewards.Accuracy(val_loader, batches=2); got "
                 f"{type(reward).__name__}."
             )
         if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
@@ -542,12 +543,12 @@ class RLStructuredPruning(_SearchPruning):
     :math:`(R - b)\,\nabla \log p(\text{action})` is unbiased (unlike a deterministic top-k over a softmax, whose
     log-probability is not that of the action taken). The policy is a small network shared across filters that
     maps per-filter features (relative L1 norm, BN scale, layer depth and width; see
-    :func:`torch_rlprune.features.filter_features`) to logits, plus a learnable per-filter term; it is trained
+    :func:`torch_rlprune.search.features.filter_features`) to logits, plus a learnable per-filter term; it is trained
     with Adam, a moving-average baseline and an entropy bonus, ``batch`` episodes per update (see
-    :class:`torch_rlprune.controller.ReinforceController`). The best keep-set seen becomes the mask.
+    :class:`torch_rlprune.search.controller.ReinforceController`). The best keep-set seen becomes the mask.
 
     Through :func:`torch_rlprune.global_structured` the search runs over the channel groups of a whole model and
-    each candidate is evaluated without a copy of the model (see :class:`torch_rlprune.evaluation.CandidateModel`):
+    each candidate is evaluated without a copy of the model (see :class:`torch_rlprune.search.evaluation.CandidateModel`):
     ``reward`` receives a module that computes what the candidate-masked model computes, with batch norms
     normalising by the batch's own statistics (``norms="batch"``; ``"eval"`` uses the running statistics); on the
     CPU it runs the sliced network, at a cost that falls with sparsity. The model's weights, buffers, modes and
@@ -556,7 +557,7 @@ class RLStructuredPruning(_SearchPruning):
     Args:
         amount (int or float): filters to prune: a fraction of the unpruned ones or their number.
         reward (callable): ``reward(model) -> float``, higher is better, computed on validation data (see
-            :mod:`torch_rlprune.rewards`).
+            :mod:`torch_rlprune.search.rewards`).
         dim (int): must be 0 (filters). Default: 0.
         episodes (int): rewards to evaluate in all. Default: 500.
         batch (int): episodes per policy update. Default: 8.
@@ -569,7 +570,7 @@ class RLStructuredPruning(_SearchPruning):
             ``"batch"``.
         evaluation (str): how a candidate runs: ``"slice"`` (the sliced network), ``"mask"`` (the dense one with
             the pruned weights zeroed) or ``"auto"``, slicing on the CPU and masking on a GPU (see
-            :class:`torch_rlprune.evaluation.CandidateEvaluator`); used by :func:`global_structured` only.
+            :class:`torch_rlprune.search.evaluation.CandidateEvaluator`); used by :func:`global_structured` only.
             Default: ``"auto"``.
         progress (bool): tqdm progress bar where installed. Default: ``True``.
         writer (SummaryWriter, optional): TensorBoard writer for the search history.
@@ -586,9 +587,9 @@ class RLStructuredPruning(_SearchPruning):
             that ``reward`` does not use. Needed with ``finalists``.
         saliency (dict, optional): per-filter scores keyed by ``(conv, "weight")``, such as
             :func:`torch_rlprune.criteria.snip` returns, given to the policy as one more feature per filter (see
-            :func:`torch_rlprune.features.filter_features`); used by :func:`global_structured` only.
+            :func:`torch_rlprune.search.features.filter_features`); used by :func:`global_structured` only.
         lr, entropy_coef, baseline, baseline_decay, hidden: options of the controller (see
-            :class:`~torch_rlprune.controller.ReinforceController`).
+            :class:`~torch_rlprune.search.controller.ReinforceController`).
 
     Example:
         >>> import torch
@@ -696,8 +697,8 @@ class RandomWidthPruning(_SearchPruning):
 
     The EagleEye-style baseline (Li et al., 2020): every candidate draws one keep fraction per channel group
     uniformly from ``[low, high]``, projects the fractions onto the budget
-    (:func:`torch_rlprune.widths.counts_for_fractions`) and keeps the filters of largest L1 norm in each group
-    (:class:`torch_rlprune.widths.RandomWidthStrategy`). Same interface, reward, budget and evaluation as
+    (:func:`torch_rlprune.search.widths.counts_for_fractions`) and keeps the filters of largest L1 norm in each group
+    (:class:`torch_rlprune.search.widths.RandomWidthStrategy`). Same interface, reward, budget and evaluation as
     :class:`RLStructuredPruning`, so that the searches are compared on equal evaluation budgets.
 
     Args:

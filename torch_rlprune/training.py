@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .groups import device_of
-from .serialization import atomic_save, read_checked
+from ._files import atomic_save, read_checked
 
 __all__ = ["train", "evaluate"]
 

@@ -10,7 +10,8 @@ from torch.nn.utils import prune
 
 from ..groups import channel_groups
 from ..masks import alive_channels, apply_channel_masks
-from ..serialization import atomic_save, group_records, match_records, read_checked
+from .._files import atomic_save, read_checked
+from ..serialization import group_records, match_records
 from ..slicing import KEPT_ATTR, cut_along_channels
 from .config import PathLike
 

@@ -19,7 +19,7 @@ from ..groups import CONV_TYPES
 from ..lottery import LotteryTicket, Snapshot, rewind
 from ..methods import global_structured
 from ..metrics import filters_per_layer
-from ..rewards import Accuracy, MACsAware, NegativeLoss
+from ..search.rewards import Accuracy, MACsAware, NegativeLoss
 from ..serialization import load, save
 from ..slicing import slim
 from ..training import train

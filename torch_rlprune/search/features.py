@@ -1,6 +1,6 @@
 """Per-filter features for a learnt pruning policy.
 
-A policy that decides which filters to keep (see :mod:`torch_rlprune.controller`) sees every prunable channel of
+A policy that decides which filters to keep (see :mod:`torch_rlprune.search.controller`) sees every prunable channel of
 a model as one row of features. The channels of all channel groups (see :func:`torch_rlprune.channel_groups`) are
 concatenated in group order, so row ``i`` of :func:`filter_features` is channel ``i - offset[g]`` of group ``g``
 where ``offset[g]`` is the summed size of the groups before it.
@@ -14,9 +14,9 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from . import criteria
-from .groups import ChannelGroup, ChannelGroups, check_groups_of
-from .masks import alive_channels
+from .. import criteria
+from ..groups import ChannelGroup, ChannelGroups, check_groups_of
+from ..masks import alive_channels
 
 __all__ = ["FEATURE_NAMES", "feature_names", "filter_features"]
 
@@ -36,7 +36,7 @@ def feature_names(saliency: Scores | None = None) -> tuple[str, ...]:
         tuple of str: :data:`FEATURE_NAMES`, followed by ``"saliency"`` when ``saliency`` is given.
 
     Example:
-        >>> from torch_rlprune.features import feature_names
+        >>> from torch_rlprune.search.features import feature_names
         >>> feature_names()
         ('l1', 'bn_scale', 'depth', 'width', 'log_width')
         >>> feature_names(saliency={})[-1]
@@ -112,7 +112,7 @@ def filter_features(
     Example:
         >>> import torch
         >>> from torch_rlprune.groups import channel_groups
-        >>> from torch_rlprune.features import filter_features, feature_names
+        >>> from torch_rlprune.search.features import filter_features, feature_names
         >>> from torch_rlprune.models import BasicCNN
         >>> model = BasicCNN(width=0.25)
         >>> groups = channel_groups(model, torch.randn(1, 3, 32, 32))

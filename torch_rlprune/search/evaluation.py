@@ -29,11 +29,11 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from . import metrics
-from ._state import preserved_state, pruning_hooks
-from .groups import ChannelGroup, ExampleInputs, as_input_tuple, device_of, groups_kept
-from .masks import KeepVectors, keep_vectors
-from .slicing import cut_along_channels, sliced_tensors
+from .. import metrics
+from .._state import preserved_state, pruning_hooks
+from ..groups import ChannelGroup, ExampleInputs, as_input_tuple, device_of, groups_kept
+from ..masks import KeepVectors, keep_vectors
+from ..slicing import cut_along_channels, sliced_tensors
 
 __all__ = ["CandidateEvaluator", "CandidateModel", "zeroed_tensors", "MODES"]
 
@@ -178,7 +178,7 @@ class CandidateEvaluator:
     Example:
         >>> import torch
         >>> import torch_rlprune as rlp
-        >>> from torch_rlprune.evaluation import CandidateEvaluator
+        >>> from torch_rlprune.search.evaluation import CandidateEvaluator
         >>> model = rlp.models.BasicCNN()
         >>> x = torch.randn(8, 3, 32, 32)
         >>> groups = rlp.channel_groups(model, x[:1])

@@ -1,7 +1,7 @@
 """Rewards for the mask search: how good a pruned network is, measured on validation data.
 
 A reward is any callable ``reward(model) -> float``, higher is better. During a search ``model`` is a
-:class:`~torch_rlprune.evaluation.CandidateModel`: it computes what the candidate-masked network computes. The
+:class:`~torch_rlprune.search.evaluation.CandidateModel`: it computes what the candidate-masked network computes. The
 rewards here read a few batches of a loader once, keep them on the model's device, and reuse them for every
 candidate. Pass a loader of *validation* data carved out of the training set: a mask chosen by its test accuracy
 makes that test accuracy meaningless.
@@ -22,8 +22,8 @@ from torch.nn import functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .evaluation import CandidateModel
-from .groups import device_of
-from .metrics import count_macs
+from ..groups import device_of
+from ..metrics import count_macs
 
 __all__ = ["Accuracy", "NegativeLoss", "MACsAware", "Recalibrated", "check_reward"]
 
@@ -65,7 +65,7 @@ class Accuracy:
 
     Example:
         >>> import torch
-        >>> from torch_rlprune.rewards import Accuracy
+        >>> from torch_rlprune.search.rewards import Accuracy
         >>> data = [(torch.randn(4, 3), torch.tensor([0, 1, 0, 1]))]
         >>> model = torch.nn.Linear(3, 2)
         >>> 0.0 <= Accuracy(data)(model) <= 1.0
@@ -96,7 +96,7 @@ class NegativeLoss:
 
     Example:
         >>> import torch
-        >>> from torch_rlprune.rewards import NegativeLoss
+        >>> from torch_rlprune.search.rewards import NegativeLoss
         >>> data = [(torch.randn(4, 3), torch.tensor([0, 1, 0, 1]))]
         >>> NegativeLoss(data)(torch.nn.Linear(3, 2)) < 0
         True
@@ -131,7 +131,7 @@ class MACsAware:
 
     Example:
         >>> import torch
-        >>> from torch_rlprune.rewards import MACsAware
+        >>> from torch_rlprune.search.rewards import MACsAware
         >>> data = [(torch.randn(4, 3), torch.tensor([0, 1, 0, 1]))]
         >>> MACsAware(data, example_inputs=torch.randn(1, 3))(torch.nn.Linear(3, 2)) <= 0
         True
@@ -186,7 +186,7 @@ class Recalibrated:
 
     Example:
         >>> import torch
-        >>> from torch_rlprune.rewards import Accuracy, Recalibrated
+        >>> from torch_rlprune.search.rewards import Accuracy, Recalibrated
         >>> model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
         >>> train = [(torch.randn(16, 3) * 5 + 3, torch.zeros(16, dtype=torch.long))]
         >>> val = [(torch.randn(8, 3) * 5 + 3, torch.zeros(8, dtype=torch.long))]
