@@ -27,15 +27,13 @@ from torch.nn import functional as F
 from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.utils import prune
 
+from ._inputs import ExampleInputs, as_input_tuple, check_device
 from ._state import preserved_state
 from .groups import (
     CONV_TYPES,
     ChannelGroup,
     ChannelGroups,
-    ExampleInputs,
-    as_input_tuple,
     channel_groups,
-    check_device,
     check_groups_of,
 )
 from .masks import alive_channels, effective_weight

@@ -33,7 +33,7 @@ import operator
 import weakref
 from collections.abc import Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Union
+from typing import Any, NamedTuple
 
 import torch
 from torch import fx, nn
@@ -43,14 +43,14 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
 
 from . import channel_ops
+from ._inputs import ExampleInputs, as_input_tuple
 from ._spaces import Spaces
 from ._state import hook_tensors_kept, preserved_state
 
-__all__ = ["Role", "Member", "ChannelGroup", "ChannelGroups", "channel_groups", "CONV_TYPES", "as_input_tuple"]
+__all__ = ["Role", "Member", "ChannelGroup", "ChannelGroups", "channel_groups", "CONV_TYPES"]
 
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
-ExampleInputs = Union[torch.Tensor, Sequence[torch.Tensor]]
 
 
 class Role(enum.Enum):
@@ -836,48 +836,6 @@ def check_groups_of(model: nn.Module, groups: Sequence[ChannelGroup], caller: st
                     f"{caller}: groups belong to another model (group {group.name!r} names {member.name!r}, which is "
                     f"not part of this model); pass channel_groups(model, example_inputs) of this model."
                 )
-
-
-def device_of(model: nn.Module) -> torch.device:
-    """The device of ``model``'s first parameter (the CPU for a model without parameters)."""
-    return next(iter(model.parameters()), torch.empty(0)).device
-
-
-def check_device(model: nn.Module, tensors: Sequence[torch.Tensor], caller: str, what: str) -> None:
-    """Raise ``ValueError`` if ``tensors`` are not on the device that holds all of ``model``'s parameters.
-
-    Only parameters are looked at: a model without any is not checked. A model spread over several devices is left
-    to its own forward, which knows where each input belongs.
-    """
-    devices = {p.device for p in model.parameters()}
-    if len(devices) != 1:
-        return
-    (device,) = devices
-    stray = next((t.device for t in tensors if t.device != device), None)
-    if stray is not None:
-        raise ValueError(
-            f"{caller}: {what} are on {stray} but the model's parameters are on {device}; "
-            f"move them with .to({str(device)!r}) (or the model with model.to({str(stray)!r}))."
-        )
-
-
-def as_input_tuple(example_inputs: Any, caller: str, model: nn.Module | None = None) -> tuple[torch.Tensor, ...]:
-    """Normalise ``example_inputs`` (a tensor or a sequence of tensors) to a tuple, or raise ``TypeError``.
-
-    Given ``model``, also raise ``ValueError`` if the inputs are not on its device (see :func:`check_device`).
-    """
-    if isinstance(example_inputs, torch.Tensor):
-        example_inputs = (example_inputs,)
-    if isinstance(example_inputs, (tuple, list)) and example_inputs and all(
-        isinstance(t, torch.Tensor) for t in example_inputs
-    ):
-        if model is not None:
-            check_device(model, example_inputs, caller, "example_inputs")
-        return tuple(example_inputs)
-    raise TypeError(
-        f"{caller}: example_inputs must be a tensor or a tuple of tensors that the model accepts, "
-        f"e.g. torch.randn(1, 3, 32, 32); got {type(example_inputs).__name__}."
-    )
 
 
 def trace(

@@ -29,8 +29,8 @@ from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.utils import prune
 
 from . import metrics
-from .groups import ExampleInputs
 from ._files import atomic_save, read_checked
+from ._inputs import ExampleInputs
 from .slicing import KEPT_ATTR, _copy, cut_along_channels
 
 __all__ = ["Snapshot", "LotteryTicket", "rewind", "reinitialize", "iterative_pruning", "RoundRecord"]

@@ -12,11 +12,10 @@ import functools
 from collections.abc import Sequence
 from typing import Any
 
-from torch.nn.modules.batchnorm import _NormBase
-
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.utils import prune
 
 from .groups import ChannelGroup, Member, Role

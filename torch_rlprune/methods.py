@@ -12,7 +12,8 @@ from torch import nn
 from torch.nn.utils import prune
 
 from . import criteria
-from .groups import CONV_TYPES, ChannelGroup, ChannelGroups, ExampleInputs, channel_groups, device_of
+from ._inputs import ExampleInputs, device_of
+from .groups import CONV_TYPES, ChannelGroup, ChannelGroups, channel_groups
 from .masks import alive_channels, apply_channel_masks, effective_weight
 from .search import (
     AnnealingStrategy,

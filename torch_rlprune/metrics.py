@@ -28,10 +28,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ._inputs import ExampleInputs, as_input_tuple
 from ._state import preserved_state
-from .groups import CONV_TYPES, ChannelGroup, ExampleInputs, as_input_tuple, channel_groups, check_groups_of
-from .masks import KeepVectors, keep_vectors
+from .groups import CONV_TYPES, ChannelGroup, channel_groups, check_groups_of
 from .layers import LAYER_TYPES, layer_of
+from .masks import KeepVectors, keep_vectors
 from .slicing import cut_along_channels
 
 __all__ = ["LayerStats", "ModelStats", "model_stats", "count_params", "count_macs", "filters_per_layer"]

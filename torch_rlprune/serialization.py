@@ -17,7 +17,8 @@ from torch import nn
 from torch.nn.utils import prune
 
 from ._files import atomic_save, read_checked
-from .groups import ChannelGroup, ChannelGroups, ExampleInputs, channel_groups
+from ._inputs import ExampleInputs
+from .groups import ChannelGroup, ChannelGroups, channel_groups
 from .masks import apply_channel_masks
 from .slicing import check_consistent, slim
 

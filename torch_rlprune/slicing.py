@@ -18,8 +18,9 @@ from torch import nn
 from torch.nn.utils import prune
 from torch.utils._pytree import tree_flatten
 
+from ._inputs import ExampleInputs, as_input_tuple
 from ._state import preserved_state, pruning_hooks
-from .groups import ChannelGroup, ChannelGroups, ExampleInputs, Role, as_input_tuple, channel_groups
+from .groups import ChannelGroup, ChannelGroups, Role, channel_groups
 from .layers import layer_of
 from .masks import KeepVectors, keep_vectors, masked_tensors
 

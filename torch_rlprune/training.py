@@ -21,8 +21,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .groups import device_of
 from ._files import atomic_save, read_checked
+from ._inputs import device_of
 
 __all__ = ["train", "evaluate"]
 

@@ -8,9 +8,9 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
+from .._files import atomic_save, read_checked
 from ..groups import channel_groups
 from ..masks import alive_channels, apply_channel_masks
-from .._files import atomic_save, read_checked
 from ..serialization import group_records, match_records
 from ..slicing import KEPT_ATTR, cut_along_channels
 from .config import PathLike

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..groups import device_of
+from .._inputs import device_of
 from ..metrics import model_stats
 from ..training import evaluate
 from .workspace import Workspace

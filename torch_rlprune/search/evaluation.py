@@ -30,8 +30,9 @@ from torch import nn
 from torch.func import functional_call
 
 from .. import metrics
+from .._inputs import ExampleInputs, as_input_tuple, device_of
 from .._state import preserved_state, pruning_hooks
-from ..groups import ChannelGroup, ExampleInputs, as_input_tuple, device_of, groups_kept
+from ..groups import ChannelGroup, groups_kept
 from ..masks import KeepVectors, keep_vectors
 from ..slicing import cut_along_channels, sliced_tensors
 

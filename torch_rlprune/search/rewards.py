@@ -21,9 +21,9 @@ from torch.func import functional_call
 from torch.nn import functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .evaluation import CandidateModel
-from ..groups import device_of
+from .._inputs import device_of
 from ..metrics import count_macs
+from .evaluation import CandidateModel
 
 __all__ = ["Accuracy", "NegativeLoss", "MACsAware", "Recalibrated", "check_reward"]
 
