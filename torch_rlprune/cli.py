@@ -195,9 +195,9 @@ def _add_pipeline(parser: argparse.ArgumentParser, *, single: bool) -> None:
     prune = parser.add_argument_group("pruning")
     if single:
         prune.add_argument("--method", choices=pl.METHODS, metavar="METHOD",
-                           help=f"rl (REINFORCE search), sa (simulated annealing), random (best of --episodes random "
-                           f"masks), or a criterion: l1, l2, snip, synflow, bn_scale, same_sign, random_mask "
-                           f"(default: {d.method})")  # fmt: skip
+                           help=f"a search: {', '.join(pl.SEARCH_METHODS)} (rl: REINFORCE, sa: simulated annealing, "
+                           f"random: best of --episodes random masks, random_width: best of random layer widths), "
+                           f"or a criterion: {', '.join(pl.CRITERION_METHODS)} (default: {d.method})")  # fmt: skip
         prune.add_argument("--amount", type=_fraction, metavar="F",
                            help=f"fraction of the filters to prune, in (0, 1) (default: {d.amount})")
     else:

@@ -48,6 +48,7 @@ __all__ = [
     "SimulatedAnnealingPruning",
     "RandomSearchPruning",
     "RandomWidthPruning",
+    "SEARCH_METHODS",
     "rl_structured",
 ]
 
@@ -725,6 +726,16 @@ class RandomWidthPruning(_SearchPruning):
     def _strategy(self, features, group_sizes, n_keep, min_keep, device):  # type: ignore[no-untyped-def]
         return RandomWidthStrategy(group_sizes, n_keep, min_keep, features[:, 0], seed=self.seed, **self.options)
 
+
+#: The search methods by name: what the command's ``--method`` and the benchmarks offer beside the criteria of
+#: :data:`torch_rlprune.criteria.CRITERIA`. A new search method is added here, and everything that lists methods
+#: reads it.
+SEARCH_METHODS: dict[str, type[_SearchPruning]] = {
+    "rl": RLStructuredPruning,
+    "sa": SimulatedAnnealingPruning,
+    "random": RandomSearchPruning,
+    "random_width": RandomWidthPruning,
+}
 
 def rl_structured(
     module: nn.Module, name: str, amount: float | int, reward: Callable[[nn.Module], float], dim: int = 0,

@@ -50,6 +50,7 @@ Example:
 
 from .comparison import compare, comparison_markdown, comparison_plot, comparison_table, write_comparison
 from .config import (
+    CRITERION_METHODS,
     METHODS,
     MODEL_SOURCES,
     REWARDS,
@@ -75,6 +76,7 @@ __all__ = [
     "Workspace",
     "METHODS",
     "SEARCH_METHODS",
+    "CRITERION_METHODS",
     "REWARDS",
     "run_pipeline",
     "search_step",

@@ -15,19 +15,23 @@ from typing import Any, Union
 import torch
 from torch import nn
 
-from ..methods import RandomSearchPruning, RLStructuredPruning, SimulatedAnnealingPruning
+from ..criteria import CRITERIA
+from ..methods import SEARCH_METHODS
+from ..search.rewards import REWARDS as REWARD_TYPES
 
 PathLike = Union[str, os.PathLike]
 Log = Callable[[str], Any]
 
-#: Search methods, rewarded on validation data, and their pruning method classes.
-SEARCH_METHODS = {"rl": RLStructuredPruning, "sa": SimulatedAnnealingPruning, "random": RandomSearchPruning}
-#: Every method name: the search methods, then the criteria of :mod:`torch_rlprune.criteria` (no data needed,
-#: except ``"snip"``, which scores one training batch, and ``"same_sign"``, which compares with the init weights).
-#: ``"random"`` is the best of ``episodes`` random masks (random search); ``"random_mask"`` is one random mask.
-METHODS = (*SEARCH_METHODS, "l1", "l2", "snip", "synflow", "bn_scale", "same_sign", "random_mask")
-#: Rewards of the search methods: validation accuracy, minus the validation loss, AMC's ``-error * log(MACs)``.
-REWARDS = ("accuracy", "loss", "macs")
+#: The criteria of :mod:`torch_rlprune.criteria` by the name the command gives them: ``"random"`` is random
+#: *search* there (the best of ``episodes`` random masks, one of :data:`SEARCH_METHODS`), so one random mask is
+#: ``"random_mask"``. They need no data, except ``"snip"`` (one training batch) and ``"same_sign"`` (the weights
+#: at init).
+CRITERION_METHODS = {("random_mask" if name == "random" else name): name for name in CRITERIA}
+#: Every method name: the search methods (rewarded on validation data), then the criteria.
+METHODS = (*SEARCH_METHODS, *CRITERION_METHODS)
+#: Rewards of the search methods (see :data:`torch_rlprune.search.rewards.REWARDS`): validation accuracy, minus
+#: the validation loss, AMC's ``-error * log(MACs)``.
+REWARDS = tuple(REWARD_TYPES)
 
 
 def _silent(message: str) -> None:

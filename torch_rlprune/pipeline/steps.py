@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import inspect
 import json
 import os
 import time
@@ -14,16 +15,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import criteria
 from ..data import batches
 from ..groups import CONV_TYPES
 from ..lottery import LotteryTicket, Snapshot, rewind
 from ..methods import global_structured
 from ..metrics import filters_per_layer
-from ..search.rewards import Accuracy, MACsAware, NegativeLoss
+from ..search.rewards import make_reward
 from ..serialization import load, save
 from ..slicing import slim
 from ..training import train
-from .config import METHODS, SEARCH_METHODS, Log, PathLike, PipelineConfig, _silent, snapshot_name
+from .config import CRITERION_METHODS, METHODS, SEARCH_METHODS, Log, PathLike, PipelineConfig, _silent, snapshot_name
 from .maskfile import load_mask, save_mask, unslice
 from .measuring import Metrics, measure
 from .report import Report
@@ -67,11 +69,26 @@ def _convs(model: nn.Module) -> list[tuple[nn.Module, str]]:
 
 def _reward(ws: Workspace) -> Callable[[nn.Module], float]:
     c = ws.config
-    if c.reward == "accuracy":
-        return Accuracy(ws.val_loader(), batches=c.reward_batches)
-    if c.reward == "loss":
-        return NegativeLoss(ws.val_loader(), batches=c.reward_batches)
-    return MACsAware(ws.val_loader(), batches=c.reward_batches, example_inputs=ws.example_inputs)
+    return make_reward(c.reward, ws.val_loader(), c.reward_batches, example_inputs=ws.example_inputs)
+
+
+def _criterion_context(ws: Workspace, name: str, init_state: dict[str, torch.Tensor] | None) -> dict[str, Any]:
+    """What criterion ``name`` asks for in its signature beyond the model: a training batch, the weights at init,
+    the seed. A new criterion that needs only these is run without a change here."""
+    c = ws.config
+    wanted = inspect.signature(criteria.get(name)).parameters
+    context: dict[str, Any] = {}
+    if "inputs" in wanted:
+        x, y = next(iter(batches(ws.splits.train, c.batch_size, shuffle=True,
+                                 generator=torch.Generator().manual_seed(c.seed), device=ws.device)))  # fmt: skip
+        context |= {"inputs": x, "targets": y}
+    if "init_state" in wanted:
+        if init_state is None:
+            raise ValueError(f"{name} compares with the weights at init; pass init_state.")
+        context["init_state"] = init_state
+    if "seed" in wanted:
+        context["seed"] = c.seed
+    return context
 
 
 def prune_model(
@@ -107,18 +124,9 @@ def prune_model(
             convs, SEARCH_METHODS[method], **common, reward=_reward(ws), episodes=c.episodes, seed=c.seed,
             progress=progress, writer=writer, checkpoint=checkpoint, resume=resume,
         )
-    elif method == "snip":
-        x, y = next(iter(batches(ws.splits.train, c.batch_size, shuffle=True,
-                                 generator=torch.Generator().manual_seed(c.seed), device=ws.device)))  # fmt: skip
-        global_structured(convs, "snip", **common, inputs=x, targets=y)
-    elif method == "same_sign":
-        if init_state is None:
-            raise ValueError("same_sign compares with the weights at init; pass init_state.")
-        global_structured(convs, "same_sign", **common, init_state=init_state)
-    elif method == "random_mask":
-        global_structured(convs, "random", **common, seed=c.seed)
     else:
-        global_structured(convs, method, **common)
+        name = CRITERION_METHODS[method]
+        global_structured(convs, name, **common, **_criterion_context(ws, name, init_state))
     seconds = time.perf_counter() - start
     return {
         "method": method,
