@@ -94,3 +94,50 @@ def test_recalibrated_refuses_bad_arguments():
         Recalibrated(lambda m: 0.0, [], batches=0)
     with pytest.raises(TypeError, match="loader must be an iterable"):
         Recalibrated(lambda m: 0.0, torch.zeros(3))
+
+
+def test_short_trained_reward_of_a_candidate_is_that_of_the_sliced_network_trained_alike():
+    torch.manual_seed(0)
+    model = rlp.models.BasicCNN(width=0.25, dropout=0.0)
+    g = torch.Generator().manual_seed(4)
+    train = [(torch.randn(16, 3, 32, 32, generator=g), torch.randint(0, 10, (16,), generator=g)) for _ in range(2)]
+    val = [(torch.randn(16, 3, 32, 32, generator=g), torch.randint(0, 10, (16,), generator=g))]
+    x = val[0][0][:1]
+    groups = rlp.channel_groups(model, x)
+    keep = [torch.rand(g_.size, generator=g) < 0.5 for g_ in groups]
+    state = copy.deepcopy(model.state_dict())
+    evaluator = CandidateEvaluator(model, groups, x, norms="eval", mode="slice")
+    reward = rlp.rewards.ShortTrained(NegativeLoss(val), train, steps=3, lr=0.05, momentum=0.9)
+    with evaluator.active(), torch.no_grad():
+        got = reward(evaluator.view(keep))
+        untrained = NegativeLoss(val)(evaluator.view(keep))
+
+    pruned = copy.deepcopy(model)
+    rlp.apply_channel_masks(rlp.channel_groups(pruned, x), keep)
+    small = rlp.slim(pruned, x).train()
+    optimizer = torch.optim.SGD(small.parameters(), lr=0.05, momentum=0.9)
+    for step in range(3):
+        inputs, targets = train[step % 2]
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(small(inputs), targets).backward()
+        optimizer.step()
+    with torch.no_grad():
+        expected = NegativeLoss(val)(small.eval())
+    assert got == pytest.approx(expected, rel=1e-4, abs=1e-5)
+    assert got != pytest.approx(untrained, abs=1e-4)
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, state[name]), name
+
+
+def test_short_trained_refuses_masked_candidates_and_bad_arguments():
+    model = rlp.models.BasicCNN(width=0.125)
+    x = torch.randn(2, 3, 32, 32)
+    groups = rlp.channel_groups(model, x[:1])
+    evaluator = CandidateEvaluator(model, groups, x[:1], mode="mask")
+    reward = rlp.rewards.ShortTrained(lambda m: 0.0, [(x, torch.zeros(2, dtype=torch.long))], steps=1)
+    with evaluator.active(), pytest.raises(ValueError, match="evaluation='slice'"):
+        reward(evaluator.view([torch.ones(g.size, dtype=torch.bool) for g in groups]))
+    with pytest.raises(ValueError, match="steps must be a positive int"):
+        rlp.rewards.ShortTrained(lambda m: 0.0, [], steps=0)
+    with pytest.raises(ValueError, match="lr must be a finite number"):
+        rlp.rewards.ShortTrained(lambda m: 0.0, [], lr=-1)

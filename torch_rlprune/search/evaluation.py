@@ -96,6 +96,11 @@ class CandidateModel(nn.Module):
         with self._evaluator.patched(self._vectors if self._evaluator.mode == "slice" else {}):
             return functional_call(self.model, self._tensors, args, kwargs, strict=False)
 
+    @property
+    def mode(self) -> str:
+        """``"slice"`` or ``"mask"``: how this view runs (see :class:`CandidateEvaluator`)."""
+        return self._evaluator.mode
+
     def substitute(self, tensors: dict[str, torch.Tensor]) -> CandidateModel:
         """This candidate with some of its tensors replaced, e.g. re-estimated norm statistics.
 
