@@ -1,0 +1,163 @@
+"""Protocol P1 of the quality benchmarks: prune the trained dense network, fine-tune with one fixed schedule, test.
+
+Shared by ``quality.py`` and ``reward_fidelity.py``: the rewards a search can use (:data:`REWARDS`, one table), the
+fine-tuning schedule every pruned network gets (:func:`fine_tune`), and the resumable results file
+(:class:`Results`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+import torch_rlprune as rlp
+from _machine import available_cores
+from torch_rlprune.data import Splits, batches
+from torch_rlprune.search.evaluation import CandidateEvaluator
+from torch_rlprune._files import atomic_write
+from torch_rlprune.training import evaluate, train
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of the protocol: the rewards' data and the fine-tuning schedule."""
+    p.add_argument("--finetune-epochs", type=int, default=5, help="fine-tuning epochs of every pruned network (5)")
+    p.add_argument("--finetune-lr", type=float, default=0.01, help="fine-tuning SGD learning rate, cosine (0.01)")
+    p.add_argument("--val-batches", type=int, default=2, help="validation batches per reward (default: 2)")
+    p.add_argument("--val-batch-size", type=int, default=256, help="validation batch size (default: 256)")
+    p.add_argument("--calibration-batches", type=int, default=4,
+                   help="training batches that re-estimate the norm statistics of a recalibrated reward (4)")
+    p.add_argument("--short-steps", type=int, default=20,
+                   help="SGD steps of a short-trained reward (acc-short, loss-short), at --finetune-lr (20)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice); two "
+                   "scripts side by side on 2 cores run best with 1 each")  # fmt: skip
+
+
+#: Settings of the protocol that change the numbers: a results file made with others is not resumed.
+SETTINGS = ("finetune_epochs", "finetune_lr", "val_batches", "val_batch_size", "calibration_batches", "short_steps",
+            "batch_size")  # fmt: skip
+
+
+def validation_loader(args: argparse.Namespace, data: Splits, offset: int = 0) -> Any:
+    """``--val-batches`` fixed batches of the validation split, starting ``offset`` batches in (fresh batches for
+    re-scoring); a seeded permutation so that every batch mixes the classes."""
+    order = torch.randperm(len(data.val), generator=torch.Generator().manual_seed(0))
+    size = args.val_batch_size
+    picked = order[offset * size : (offset + args.val_batches) * size]
+    if len(picked) < args.val_batches * size:
+        raise SystemExit(f"the validation split has too few images for {offset + args.val_batches} batches of {size}")
+    subset = torch.utils.data.TensorDataset(*data.val.batch(picked))
+    return batches(subset, size)
+
+
+def calibration_loader(args: argparse.Namespace, data: Splits) -> Any:
+    """Training batches (no augmentation) for recalibrated rewards; the first ``--calibration-batches`` are used."""
+    return batches(data.train, args.batch_size, shuffle=True, generator=torch.Generator().manual_seed(1))
+
+
+def _accuracy(loader: Any, args: argparse.Namespace) -> Any:
+    return rlp.rewards.Accuracy(loader, batches=args.val_batches)
+
+
+def _loss(loader: Any, args: argparse.Namespace) -> Any:
+    return rlp.rewards.NegativeLoss(loader, batches=args.val_batches)
+
+
+def _variant(measure: Callable[[Any, argparse.Namespace], Any], norms: str, recalibrated: bool = False,
+             trained: bool = False) -> Callable[[argparse.Namespace, Splits, int], tuple[Any, str]]:  # fmt: skip
+    def build(args: argparse.Namespace, data: Splits, offset: int) -> tuple[Any, str]:
+        reward = measure(validation_loader(args, data, offset), args)
+        if recalibrated:
+            reward = rlp.rewards.Recalibrated(reward, calibration_loader(args, data), batches=args.calibration_batches)
+        if trained:
+            reward = rlp.rewards.ShortTrained(reward, calibration_loader(args, data), steps=args.short_steps,
+                                              lr=args.finetune_lr)  # fmt: skip
+        return reward, norms
+
+    return build
+
+
+#: Reward variants by name, each building ``(reward, norms of its evaluator)``.
+REWARDS: dict[str, Callable[[argparse.Namespace, Splits, int], tuple[Any, str]]] = {
+    "acc-batch": _variant(_accuracy, "batch"),
+    "loss-batch": _variant(_loss, "batch"),
+    "acc-eval": _variant(_accuracy, "eval"),
+    "loss-eval": _variant(_loss, "eval"),
+    "acc-recal": _variant(_accuracy, "eval", recalibrated=True),
+    "loss-recal": _variant(_loss, "eval", recalibrated=True),
+    "acc-short": _variant(_accuracy, "eval", recalibrated=True, trained=True),
+    "loss-short": _variant(_loss, "eval", recalibrated=True, trained=True),
+}
+
+
+def make_reward(name: str, args: argparse.Namespace, data: Splits, offset: int = 0) -> tuple[Any, str]:
+    """The reward called ``name`` in :data:`REWARDS` on the validation batches from ``offset``, and its ``norms``."""
+    return REWARDS[name](args, data, offset)
+
+
+def convs_of(model: nn.Module) -> list[tuple[nn.Module, str]]:
+    return [(m, "weight") for m in model.modules() if isinstance(m, nn.Conv2d)]
+
+
+def candidate_reward(model: nn.Module, example: torch.Tensor, keep: list[torch.Tensor], reward: Any, norms: str) -> float:
+    """``reward`` of the keep-set ``keep`` (one boolean tensor per channel group), computed as a search computes it."""
+    groups = rlp.channel_groups(model, example)
+    evaluator = CandidateEvaluator(model, groups, example, norms=norms)
+    with evaluator.active(), torch.no_grad():
+        return float(reward(evaluator.view(keep)))
+
+
+def fine_tune(args: argparse.Namespace, pruned: nn.Module, data: Splits, example: torch.Tensor, seed: int) -> dict[str, Any]:
+    """Slice ``pruned`` (a model with masks), train it with the one fine-tuning schedule, and test it."""
+    small = rlp.slim(pruned, example)
+    stats = rlp.metrics.model_stats(small, example)
+    loader = batches(data.train, args.batch_size, shuffle=True, augment=True,
+                     generator=torch.Generator().manual_seed(seed))  # fmt: skip
+    test = batches(data.test, 1000)
+    before = evaluate(small, test)
+    start = time.perf_counter()
+    history = train(small, loader, args.finetune_epochs, lr=args.finetune_lr, seed=seed)
+    return {"test_accuracy": evaluate(small, test), "test_accuracy_before": before, "params": stats.params_kept,
+            "macs": stats.macs_kept, "widths": [m.out_channels for m in small.modules() if isinstance(m, nn.Conv2d)],
+            "finetune_seconds": time.perf_counter() - start, "final_loss": history[-1]["loss"] if history else None}  # fmt: skip
+
+
+def environment() -> dict[str, Any]:
+    return {"python": platform.python_version(), "torch": torch.__version__, "torch_rlprune": rlp.__version__,
+            "threads": torch.get_num_threads(), "cores": available_cores(), "device": "cpu"}  # fmt: skip
+
+
+class Results:
+    """A results file: the settings and one record per finished run, rewritten atomically after every run.
+
+    A restarted script skips the runs already there; a file made with other settings is refused.
+    """
+
+    def __init__(self, path: Path, settings: dict[str, Any]) -> None:
+        self.path, self.settings = path, settings
+        self.runs: list[dict[str, Any]] = []
+        if path.exists():
+            old = json.loads(path.read_text())
+            mismatch = {k: (old["settings"].get(k), v) for k, v in settings.items() if old["settings"].get(k) != v}
+            if mismatch:
+                detail = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in mismatch.items())
+                sys.exit(f"{path} holds runs made with other settings ({detail}). Pass another --out, or delete it.")
+            self.runs = old["runs"]
+            print(f"resuming {path}: {len(self.runs)} run(s) done", flush=True)
+        self.done = {r["key"] for r in self.runs}
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.runs.append(record)
+        self.done.add(record["key"])
+        payload = {"settings": self.settings, "environment": environment(),
+                   "updated": datetime.datetime.now().isoformat(timespec="seconds"), "runs": self.runs}  # fmt: skip
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.path, lambda f: f.write(json.dumps(payload, indent=1).encode()))

@@ -1,0 +1,209 @@
+"""Which pruned network should a user keep? Protocol P1: prune a trained network, fine-tune, test.
+
+Run by hand (nothing here is collected by pytest)::
+
+    python benchmarks/quality.py            # 3 sparsities x 8 methods x 3 seeds: hours on 2 CPU cores, resumable
+    python benchmarks/quality.py --sparsities 0.8 --methods l1-global,rl-widths --seeds 0 --episodes 8 \\
+        --finetune-epochs 1 --out /tmp/quality.json        # smoke run
+
+Every method prunes the same trained dense BasicCNN (``dense.py``: the whole CIFAR-10 training split less 5,000
+validation images, trained once and cached) to each filter sparsity of ``--sparsities``; the pruned network is
+sliced (:func:`torch_rlprune.slim`), fine-tuned with one fixed schedule (``--finetune-epochs`` epochs of SGD,
+cosine learning rate from ``--finetune-lr``, crop and flip; the same for every method) and tested once. Methods
+(:data:`METHODS`, all through :func:`torch_rlprune.global_structured`):
+
+- ``l1-global``: filters ranked by L1 norm over the whole network, each layer's norms divided by their mean;
+- ``l1-uniform``: the same fraction of every layer, by L1 norm (``normalize="rank"``);
+- ``snip``: the SNIP criterion on the validation batches the searches are rewarded on;
+- ``random``, ``random-width``, ``sa``, ``rl-filters``, ``rl-widths``: searches, each evaluating ``--episodes``
+  candidates with the same reward (``--reward``, a variant of ``protocol.REWARDS``): uniformly random keep-sets,
+  random layer widths with L1 inside each layer (the EagleEye baseline), simulated annealing, and
+  :class:`torch_rlprune.RLStructuredPruning` with its per-filter policy and with its layer-width policy. Each
+  spends ``--finalists`` of its episodes re-scoring its best keep-sets on the next validation batches.
+
+The seed is the search's seed and the fine-tuning's (order of the batches, augmentation). The table gives the
+test accuracy, mean ± std over seeds, and for every method the paired per-seed difference to the best baseline of
+its column (the best mean among the methods that are not ``rl-*``). Every finished run is written at once to
+``--out`` (atomically); a restarted script skips the runs already there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch.nn.utils import prune
+
+import dense
+import protocol
+import torch_rlprune as rlp
+from _machine import OtherLoad, print_header, print_table
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "quality_p1.json"
+
+
+def _criterion(**options: Any) -> Callable[..., int]:
+    def run(model: Any, example: torch.Tensor, amount: float, args: argparse.Namespace, reward: Any, seed: int,
+            val: tuple[torch.Tensor, torch.Tensor]) -> int:  # fmt: skip
+        method = options.get("method", prune.LnStructured)
+        extra = {k: v for k, v in options.items() if k != "method"}
+        if method == "snip":
+            extra |= {"inputs": val[0], "targets": val[1]}
+        rlp.global_structured(protocol.convs_of(model), method, model=model, example_inputs=example, amount=amount,
+                              **extra)  # fmt: skip
+        return 0
+
+    return run
+
+
+def _search(method: type, **options: Any) -> Callable[..., int]:
+    def run(model: Any, example: torch.Tensor, amount: float, args: argparse.Namespace, reward: Any, seed: int,
+            val: tuple[torch.Tensor, torch.Tensor]) -> int:  # fmt: skip
+        result = rlp.global_structured(protocol.convs_of(model), method, model=model, example_inputs=example,
+                                       amount=amount, reward=reward[0], norms=reward[1], episodes=args.episodes,
+                                       seed=seed, progress=False, finalists=args.finalists,
+                                       final_reward=reward[2], **options)  # fmt: skip
+        return result.evaluations
+
+    return run
+
+
+#: Every method of the table: how it prunes a model in place (returning the rewards it evaluated).
+METHODS: dict[str, Callable[..., int]] = {
+    "l1-global": _criterion(n=1),
+    "l1-uniform": _criterion(n=1, normalize="rank"),
+    "snip": _criterion(method="snip"),
+    "random": _search(rlp.RandomSearchPruning),
+    "random-width": _search(rlp.RandomWidthPruning),
+    "sa": _search(rlp.SimulatedAnnealingPruning),
+    "rl-filters": _search(rlp.RLStructuredPruning, policy="filters"),
+    "rl-widths": _search(rlp.RLStructuredPruning, policy="widths"),
+}
+OURS = ("rl-filters", "rl-widths")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    dense.add_arguments(p)
+    protocol.add_arguments(p)
+    p.add_argument("--sparsities", default="0.8,0.9,0.7", help="filter sparsities, run in this order (0.8,0.9,0.7)")
+    p.add_argument("--methods", default=",".join(METHODS), help=f"subset of {','.join(METHODS)} (default: all)")
+    p.add_argument("--seeds", default="0,1,2", help="seeds (default: 0,1,2)")
+    p.add_argument("--episodes", type=int, default=192, help="rewards evaluated per search (default: 192)")
+    p.add_argument("--finalists", type=int, default=4, help="best keep-sets every search re-scores on fresh "
+                   "validation batches, within its --episodes (default: 4)")  # fmt: skip
+    p.add_argument("--reward", default="acc-recal", choices=list(protocol.REWARDS),
+                   help="the searches' reward (default: acc-recal)")  # fmt: skip
+    p.add_argument("--out", default=str(DEFAULT_OUT), help=f"results file (default: {DEFAULT_OUT})")
+    args = p.parse_args(argv)
+    try:
+        args.sparsities = [float(s) for s in args.sparsities.split(",")]
+        args.seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError as error:
+        p.error(f"--sparsities and --seeds are comma-separated numbers ({error})")
+    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = sorted(set(args.methods) - set(METHODS))
+    if unknown:
+        p.error(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    if not all(0 < s < 1 for s in args.sparsities) or args.episodes < 1:
+        p.error("--sparsities must lie in (0, 1) and --episodes be at least 1")
+    return args
+
+
+def mean_std(values: list[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{100 * values[0]:.2f}"
+    return f"{100 * statistics.fmean(values):.2f} ± {100 * statistics.stdev(values):.2f}"
+
+
+def report(args: argparse.Namespace, runs: list[dict[str, Any]], dense_accuracy: float) -> None:
+    def accuracies(method: str, sparsity: float) -> dict[int, float]:
+        return {r["seed"]: r["test_accuracy"] for r in runs if (r["method"], r["sparsity"]) == (method, sparsity)
+                and r["seed"] in args.seeds}  # fmt: skip
+
+    rows = []
+    best: dict[float, str] = {}
+    for s in args.sparsities:
+        baselines = {m: accuracies(m, s) for m in args.methods if m not in OURS and accuracies(m, s)}
+        if baselines:
+            best[s] = max(baselines, key=lambda m: statistics.fmean(baselines[m].values()))
+    for method in args.methods:
+        cells = []
+        for s in args.sparsities:
+            mine = accuracies(method, s)
+            cell = mean_std(list(mine.values()))
+            reference = accuracies(best[s], s) if s in best else {}
+            paired = [mine[seed] - reference[seed] for seed in mine if seed in reference]
+            if paired and method != best.get(s):
+                cell += f"  ({100 * statistics.fmean(paired):+.2f}"
+                cell += f" ± {100 * statistics.stdev(paired):.2f})" if len(paired) > 1 else ")"
+            cells.append(cell)
+        rows.append([method, *cells])
+    print_table(f"Test accuracy (%) after pruning the dense network ({100 * dense_accuracy:.2f}%) and "
+                f"{args.finetune_epochs} epochs of fine-tuning; mean ± std over seeds {args.seeds}; in brackets "
+                "the paired per-seed difference to the best baseline of the column (mean ± std); columns: filter "
+                "sparsity", ["method", *(f"{s:.0%}" for s in args.sparsities)], rows)  # fmt: skip
+    for s in args.sparsities:
+        if s in best:
+            print(f"best baseline at {s:.0%}: {best[s]}")
+    rows = []
+    for method in args.methods:
+        done = [r for r in runs if r["method"] == method]
+        if done:
+            rows.append([method, str(len(done)), f"{statistics.fmean(r['search_seconds'] for r in done):.1f}",
+                         f"{statistics.fmean(r['finetune_seconds'] for r in done):.1f}",
+                         f"{statistics.fmean(r['macs'] for r in done) / 1e6:.2f}"])  # fmt: skip
+    print_table("Cost per run (seconds) and MACs per example of the pruned networks (millions, mean over runs)",
+                ["method", "runs", "search s", "fine-tune s", "MMACs"], rows)  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print_header("quality.py")
+    data = dense.splits(args)
+    model, record = dense.dense_network(args, data, log=lambda line: print(line, flush=True))
+    print(f"dense network: test accuracy {record['test_accuracy']:.4f}", flush=True)
+    example = torch.zeros(1, data.in_channels, data.image_size, data.image_size)
+    settings = {**dense.settings(args), **{k: getattr(args, k) for k in protocol.SETTINGS},
+                "episodes": args.episodes, "finalists": args.finalists, "reward": args.reward}  # fmt: skip
+    results = protocol.Results(Path(args.out), settings)
+    # The finalists are re-scored on the validation batches after the search's, with the same kind of reward.
+    reward = (*protocol.make_reward(args.reward, args, data),
+              protocol.make_reward(args.reward, args, data, offset=args.val_batches)[0])  # fmt: skip
+    val = next(iter(protocol.validation_loader(args, data)))
+    load = OtherLoad()
+    load.start()
+    plan = [(s, seed, m) for s in args.sparsities for seed in args.seeds for m in args.methods]
+    for index, (sparsity, seed, method) in enumerate(plan, 1):
+        key = f"{method}|{sparsity:g}|{seed}"
+        if key in results.done:
+            continue
+        pruned = copy.deepcopy(model)
+        start = time.perf_counter()
+        evaluations = METHODS[method](pruned, example, sparsity, args, reward, seed, val)
+        search_seconds = time.perf_counter() - start
+        groups = rlp.channel_groups(pruned, example)
+        reward_value = protocol.candidate_reward(pruned, example, [rlp.alive_channels(g) for g in groups], *reward[:2])
+        outcome = protocol.fine_tune(args, pruned, data, example, seed)
+        results.add({"key": key, "method": method, "sparsity": sparsity, "seed": seed, "reward": reward_value,
+                     "evaluations": evaluations, "search_seconds": search_seconds, **outcome})  # fmt: skip
+        print(f"[{index}/{len(plan)}] {method:12s} {sparsity:.0%} seed {seed}: test {outcome['test_accuracy']:.4f} "
+              f"reward {reward_value:.4f} widths {outcome['widths']} search {search_seconds:.0f}s "
+              f"fine-tune {outcome['finetune_seconds']:.0f}s", flush=True)  # fmt: skip
+    report(args, results.runs, record["test_accuracy"])
+    print(load.report())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
