@@ -187,9 +187,10 @@ def _peak(batch: int, device: str, arch: str, episodes: int, queue: multiprocess
 
 
 # Every candidate has other tensor shapes. With glibc's default malloc settings and oneDNN's primitive cache, the
-# freed activations of hundreds of shapes stay in the process as fragments: the resident set grows by hundreds of
-# MiB over the first ~200 episodes, then levels off. Either setting below keeps it flat; both are read by a new
-# process only, hence the environment variables.
+# compiled primitives and freed activations of hundreds of shapes stayed in the process: the resident set grew by
+# ~500 MiB over the first ~200 episodes, then levelled off. The evaluator now turns oneDNN off while it slices on
+# the CPU (CandidateEvaluator.active), which keeps the default row flat; the two settings below, read by a new
+# process only, are kept for comparison.
 ENVIRONMENTS = {
     "": {},
     "MALLOC_MMAP_THRESHOLD_=65536": {"MALLOC_MMAP_THRESHOLD_": "65536"},

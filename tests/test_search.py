@@ -385,3 +385,20 @@ def test_finalists_need_a_final_reward_and_fit_the_budget():
         rlp.RLStructuredPruning(0.5, reward=lambda m: 0.0, episodes=4, finalists=4, final_reward=lambda m: 0.0)
     with pytest.raises(ValueError, match="finalists must be an int >= 0"):
         run_search(RandomStrategy([2], 1, [1], seed=0), lambda k: 0.0, episodes=2, finalists=-1, progress=False)
+
+
+def test_a_sliced_search_on_the_cpu_runs_without_onednn_and_restores_it():
+    # oneDNN caches a primitive per convolution shape; sliced candidates bring new shapes every episode.
+    torch.manual_seed(0)
+    model = rlp.models.BasicCNN(width=0.125)
+    x = torch.randn(2, 3, 32, 32)
+    groups = rlp.channel_groups(model, x[:1])
+    seen = []
+    for mode in ("slice", "mask"):
+        evaluator = CandidateEvaluator(model, groups, x[:1], mode=mode)
+        with evaluator.active():
+            seen.append(torch.backends.mkldnn.enabled)
+        with pytest.raises(RuntimeError), evaluator.active():
+            raise RuntimeError("a reward that fails")
+        assert torch.backends.mkldnn.enabled
+    assert seen == [False, True]

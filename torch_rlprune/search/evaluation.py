@@ -259,6 +259,17 @@ class CandidateEvaluator:
 
     @contextlib.contextmanager
     def active(self) -> Iterator[CandidateEvaluator]:
-        """Put the model in the evaluation mode of ``norms``; restore its modes, statistics and the RNG on exit."""
-        with preserved_state(self.model, self.norms):
-            yield self
+        """Put the model in the evaluation mode of ``norms``; restore its modes, statistics and the RNG on exit.
+
+        Sliced views on the CPU also run without oneDNN (``torch.backends.mkldnn``) inside the block: oneDNN keeps
+        a compiled primitive for every convolution shape it meets, up to 1,024 of them, and every candidate brings
+        new shapes, so a 500-episode search held about 500 MiB more at its peak with it than without.
+        """
+        onednn = torch.backends.mkldnn.enabled
+        if self.mode == "slice" and self.device.type == "cpu":
+            torch.backends.mkldnn.enabled = False
+        try:
+            with preserved_state(self.model, self.norms):
+                yield self
+        finally:
+            torch.backends.mkldnn.enabled = onednn
