@@ -233,6 +233,7 @@ def peak_memory(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="batch 32, 40 episodes, short timings")
+    parser.add_argument("--memory-only", action="store_true", help="only the peak-memory table (needs no quiet machine)")
     parser.add_argument("--batch", type=int, default=256, help="reward batch size (default: %(default)s)")
     parser.add_argument("--episodes", type=int, default=500, help="episodes of the timed search (default: %(default)s)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
@@ -246,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     print_header(f"search_speed.py{' --quick' if args.quick else ''}")
     started = time.perf_counter()
-    episode_table(args)
+    if not args.memory_only:
+        episode_table(args)
     peak_memory(args)
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
     return 0
