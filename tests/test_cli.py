@@ -360,3 +360,36 @@ def test_traceback_flag_shows_the_error(tmp_path):
 def test_version():
     code, out, _ = run_main(["--version"])
     assert code == 0 and rlp.__version__ in out
+
+
+def test_run_from_trained_weights_searches_them_and_fine_tunes(tmp_path, digits):
+    config = pipeline.PipelineConfig(width=0.25, epochs=2, rewind_epoch=0, seed=0)
+    ws = pipeline.Workspace(config)
+    model = ws.build_model()
+    rlp.training.train(model, ws.train_loader(), 2, lr=0.05, seed=0)
+    torch.save(model.state_dict(), tmp_path / "trained.pt")
+    trained_accuracy = evaluate(model, ws.test_loader())
+
+    out = tmp_path / "run"
+    code, _, stderr = run_main(["run", *QUICK, "--weights", str(tmp_path / "trained.pt"), "--method", "l1",
+                                "--out", str(out)])  # fmt: skip
+    assert code == 0, stderr
+    dense = json.loads((out / "dense.json").read_text())
+    assert dense["epochs"] == 0 and dense["accuracy"] == pytest.approx(trained_accuracy)
+    start = rlp.lottery.Snapshot.load(out / "snapshots" / "init.pt").state
+    assert all(torch.equal(start[k], v) for k, v in model.state_dict().items())  # searched at the weights given
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["rewind_epoch"] == 0 and report["config"]["weights"] == str(tmp_path / "trained.pt")
+    assert "mask searched at the weights in" in (out / "report.md").read_text()
+
+
+def test_bad_weights_are_user_errors(tmp_path):
+    assert_user_error(run_main(["run", *QUICK, "--weights", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "a")]),
+                      2, "does not exist")  # fmt: skip
+    torch.save(rlp.models.BasicCNN(width=0.5).state_dict(), tmp_path / "other.pt")
+    # Found when the model is built, before any training: a run-time error (status 1), still one clear line.
+    assert_user_error(run_main(["run", *QUICK, "--weights", str(tmp_path / "other.pt"), "--out", str(tmp_path / "b")]),
+                      1, "does not fit the basiccnn", "size mismatch for features.0.weight", "same --model")  # fmt: skip
+    torch.save(rlp.models.BasicCNN(width=0.25).state_dict(), tmp_path / "ok.pt")
+    assert_user_error(run_main(["run", *QUICK, "--weights", str(tmp_path / "ok.pt"), "--rewind-epoch", "1",
+                                "--out", str(tmp_path / "c")]), 2, "set rewind_epoch to 0")  # fmt: skip

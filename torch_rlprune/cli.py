@@ -190,6 +190,11 @@ def _add_pipeline(parser: argparse.ArgumentParser, *, single: bool) -> None:
                       f"model such as timm:resnet18 (needs: pip install timm), built untrained with the classes and "
                       f"channels of the data (default: {d.model})")  # fmt: skip
     data.add_argument("--width", type=_positive_float, metavar="W", help=f"filter multiplier of basiccnn (default: {d.width})")
+    if single:
+        data.add_argument("--weights", metavar="FILE",
+                          help="start from a trained network: a state_dict file of the model (torch.save(model."
+                          "state_dict(), FILE)); the mask is searched at these weights, no dense training, and "
+                          "the pruned network is fine-tuned for --epochs")  # fmt: skip
     data.add_argument("--seed", type=_count(0), help=f"seeds the split, the init, the data order and the search (default: {d.seed})")
 
     prune = parser.add_argument_group("pruning")
@@ -304,6 +309,8 @@ def _config(args: argparse.Namespace) -> pl.PipelineConfig:
     config = pl.PipelineConfig(**values)
     if getattr(args, "rewind_epoch", None) is None and config.rewind_epoch > config.epochs:
         config.rewind_epoch = config.epochs  # the default k, cut to a shorter schedule
+    if getattr(args, "rewind_epoch", None) is None and config.weights is not None:
+        config.rewind_epoch = 0  # a trained network is searched as it is
     return _validated(config)
 
 

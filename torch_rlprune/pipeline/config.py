@@ -48,6 +48,11 @@ class PipelineConfig:
             with ``timm.create_model(NAME, pretrained=False, num_classes=..., in_chans=...)``; needs ``pip install
             timm``); always untrained. See :func:`resolve_model`. Default: ``"basiccnn"``.
         width (float): filter multiplier of ``"basiccnn"``. Default: 1.0.
+        weights (str, optional): a ``state_dict`` file (``torch.save(model.state_dict(), path)``) of the model to
+            start from, for a network already trained: the mask is searched at these weights (``rewind_epoch``
+            must be 0), no dense network is trained (the report's dense row is this network as loaded), and the
+            pruned network is fine-tuned from its kept weights for ``epochs`` epochs (``rewind_to="init"`` keeps
+            them). Default: ``None`` (an untrained model).
         data (str): ``"digits"`` (offline), ``"cifar10"`` or ``"imagefolder:PATH"``. Default: ``"digits"``.
         data_root (str, optional): the folder of ``"cifar10"``.
         download (bool): let ``"cifar10"`` download the data. Default: ``False``.
@@ -79,6 +84,7 @@ class PipelineConfig:
 
     model: str = "basiccnn"
     width: float = 1.0
+    weights: str | None = None
     data: str = "digits"
     data_root: str | None = None
     download: bool = False
@@ -133,6 +139,15 @@ class PipelineConfig:
                 f"rewind_epoch ({self.rewind_epoch}) is beyond the {self.epochs} training epochs; the mask is "
                 "searched at epoch k of the dense training, so use k <= epochs."
             )
+        if self.weights is not None:
+            if not Path(self.weights).expanduser().is_file():
+                raise ValueError(f"the weights file {self.weights} does not exist; pass a file written by "
+                                 "torch.save(model.state_dict(), path).")  # fmt: skip
+            if self.rewind_epoch != 0:
+                raise ValueError(
+                    f"weights start from a trained network and the mask is searched at those weights; set "
+                    f"rewind_epoch to 0 (it is {self.rewind_epoch})."
+                )
         if self.rewind_to not in ("init", "k"):
             raise ValueError(f"rewind_to must be 'init' or 'k' (the rewind epoch), got {self.rewind_to!r}.")
         _positive("lr", self.lr, float)

@@ -93,12 +93,13 @@ class Report:
     def _headline(self) -> str:
         c = self.config
         model = _model_label(c)
+        head = f"{model} on {c['data']}, {c['method']} at amount {c['amount']} of the filters; "
+        if c.get("weights"):
+            return head + (f"mask searched at the weights in {c['weights']}, pruned network fine-tuned "
+                           f"{_plural(c['epochs'], 'epoch')}")  # fmt: skip
         rewound = "init" if c["rewind_to"] == "init" else f"epoch {c['rewind_epoch']}"
-        return (
-            f"{model} on {c['data']}, {c['method']} at amount {c['amount']} of the filters; mask searched at epoch "
-            f"{c['rewind_epoch']}, kept filters rewound to {rewound}; dense and pruned trained "
-            f"{_plural(c['epochs'], 'epoch')}"
-        )
+        return head + (f"mask searched at epoch {c['rewind_epoch']}, kept filters rewound to {rewound}; dense and "
+                       f"pruned trained {_plural(c['epochs'], 'epoch')}")  # fmt: skip
 
     def summary(self) -> str:
         """A fixed-width table for the terminal."""

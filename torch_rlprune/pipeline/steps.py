@@ -212,7 +212,11 @@ def search_step(
         rewind(model, snapshots / f"{at_k}.pt")
     else:
         ticket = LotteryTicket(model, epochs=(k,) if k else (), directory=out / "snapshots")
-        epochs = c.epochs if dense else k
+        epochs = 0 if c.weights is not None else c.epochs if dense else k
+        if c.weights is not None:  # a trained network: it is its own dense control
+            record = {**_dense_record(ws, model, [], 0.0), "epochs": 0, "weights": c.weights}
+            _write_json(out / "dense.json", record)
+            log(f"starting from the weights in {c.weights}: test accuracy {record['accuracy']:.2%}")
         if epochs:
             log(f"training the dense {c.model} for {epochs} epoch(s){f' (snapshot at epoch {k})' if k else ''}")
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from .._files import read_checked
 from ..data import Splits, batches, load_data
 from .config import PipelineConfig, build_model
 
@@ -51,9 +53,23 @@ class Workspace:
             )
 
     def build_model(self) -> nn.Module:
-        """The model at its seeded initialisation, on the run's device."""
+        """The model at its seeded initialisation, or with the config's ``weights``, on the run's device."""
         s = self.splits
-        return build_model(self.config, s.num_classes, s.in_channels, s.image_size).to(self.device)
+        model = build_model(self.config, s.num_classes, s.in_channels, s.image_size)
+        if self.config.weights is not None:
+            state = read_checked(Path(self.config.weights).expanduser(), "state_dict file", "weights")
+            try:
+                model.load_state_dict(state)
+            except (RuntimeError, TypeError, AttributeError) as error:
+                # torch's message starts with a header line; the first mismatch it lists says what differs.
+                lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+                detail = lines[1] if len(lines) > 1 else lines[0] if lines else type(error).__name__
+                raise ValueError(
+                    f"weights: {self.config.weights} does not fit the {self.config.model} built for this data "
+                    f"({s.num_classes} classes, {s.in_channels} channels; {detail.rstrip('.')}); save the "
+                    "state_dict of the same --model and --width, trained on data with the same classes."
+                ) from None
+        return model.to(self.device)
 
     def train_loader(self) -> Iterable[Any]:
         """Training batches, shuffled (and augmented) the same way in every run with the same seed."""
