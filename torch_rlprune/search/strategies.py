@@ -50,7 +50,34 @@ class ReinforceStrategy:
         self.controller.load_state_dict(state)
 
 
-class RandomStrategy:
+def seeded_generator(seed: int | None) -> torch.Generator:
+    """A CPU generator seeded with ``seed``, or from the system's entropy when ``seed`` is ``None``."""
+    generator = torch.Generator()
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    return generator
+
+
+class BlindStrategy:
+    """The state and the learning of a strategy that draws independent proposals and learns nothing: a seeded
+    generator, which is all its checkpoint holds. Subclasses draw in :meth:`propose`."""
+
+    def __init__(self, seed: int | None) -> None:
+        self.generator = seeded_generator(seed)
+
+    def observe(self, token: Any, keep: torch.Tensor, rewards: torch.Tensor) -> dict[str, float]:
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+
+
+class RandomStrategy(BlindStrategy):
     """Uniformly random keep-sets (honouring ``min_keep``): the baseline every search must beat.
 
     Args:
@@ -63,26 +90,13 @@ class RandomStrategy:
     kind = "random"
 
     def __init__(self, group_sizes: Sequence[int], n_keep: int, min_keep: Sequence[int], seed: int | None = None) -> None:
+        super().__init__(seed)
         self.group_sizes, self.n_keep, self.min_keep = list(group_sizes), n_keep, list(min_keep)
-        self.generator = torch.Generator()
-        if seed is None:
-            self.generator.seed()
-        else:
-            self.generator.manual_seed(seed)
 
     def propose(self, n: int) -> tuple[torch.Tensor, Any]:
         flat = torch.zeros(n, sum(self.group_sizes))
         keep, _ = sample_keep(flat, self.n_keep, self.group_sizes, self.min_keep, self.generator)
         return keep, None
-
-    def observe(self, token: Any, keep: torch.Tensor, rewards: torch.Tensor) -> dict[str, float]:
-        return {}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.generator.set_state(state["generator"])
 
 
 class AnnealingStrategy:
@@ -129,11 +143,7 @@ class AnnealingStrategy:
         self.t_start, self.t_end = float(t_start), float(t_end)
         self.decay = (t_end / t_start) ** (1.0 / max(1, episodes))
         self.swaps = max(1, round(0.05 * n_keep)) if swaps is None else int(swaps)
-        self.generator = torch.Generator()
-        if seed is None:
-            self.generator.seed()
-        else:
-            self.generator.manual_seed(seed)
+        self.generator = seeded_generator(seed)
         self.group_of = torch.repeat_interleave(torch.arange(len(group_sizes)), torch.tensor(group_sizes))
         if start is None:
             start, _ = sample_keep(torch.zeros(sum(group_sizes)), n_keep, group_sizes, min_keep, self.generator)

@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .strategies import BlindStrategy, seeded_generator
+
 __all__ = ["counts_for_fractions", "keep_top", "RandomWidthStrategy", "WidthPolicy", "WidthReinforceStrategy"]
 
 
@@ -102,16 +104,7 @@ def keep_top(counts: torch.Tensor, ranking: torch.Tensor, group_sizes: Sequence[
     return rank[None, :] < counts.cpu()[:, group_of]
 
 
-def _generator(seed: int | None) -> torch.Generator:
-    generator = torch.Generator()
-    if seed is None:
-        generator.seed()
-    else:
-        generator.manual_seed(seed)
-    return generator
-
-
-class RandomWidthStrategy:
+class RandomWidthStrategy(BlindStrategy):
     """Keep fractions drawn uniformly from ``[low, high]`` per group, projected onto the budget, filters by rank.
 
     The EagleEye baseline: the best of many random layer widths, the filters inside each layer by their L1 norms.
@@ -148,23 +141,14 @@ class RandomWidthStrategy:
     ) -> None:
         if not 0 < low <= high:
             raise ValueError(f"RandomWidthStrategy: need 0 < low <= high, got low={low!r}, high={high!r}.")
+        super().__init__(seed)
         self.group_sizes, self.n_keep, self.min_keep = list(group_sizes), n_keep, list(min_keep)
         self.ranking, self.low, self.high = ranking.detach().cpu(), float(low), float(high)
-        self.generator = _generator(seed)
 
     def propose(self, n: int) -> tuple[torch.Tensor, Any]:
         fractions = self.low + (self.high - self.low) * torch.rand(n, len(self.group_sizes), generator=self.generator)
         counts = counts_for_fractions(fractions, self.group_sizes, self.n_keep, self.min_keep)
         return keep_top(counts, self.ranking, self.group_sizes), None
-
-    def observe(self, token: Any, keep: torch.Tensor, rewards: torch.Tensor) -> dict[str, float]:
-        return {}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.generator.set_state(state["generator"])
 
 
 class WidthPolicy(nn.Module):
@@ -264,7 +248,7 @@ class WidthReinforceStrategy:
         self.bounds = (math.log(min_std), math.log(max_std))
         self.policy = WidthPolicy(len(self.group_sizes), n_keep / sum(self.group_sizes), std)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=float(lr))
-        self.generator = _generator(seed)
+        self.generator = seeded_generator(seed)
         self.steps = 0
 
     def _keep(self, z: torch.Tensor) -> torch.Tensor:
