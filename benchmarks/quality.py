@@ -180,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     # The finalists are re-scored on the validation batches after the search's, with the same kind of reward.
     reward = (*protocol.make_reward(args.reward, args, data),
               protocol.make_reward(args.reward, args, data, offset=args.val_batches)[0])  # fmt: skip
-    val = next(iter(protocol.validation_loader(args, data)))
+    pairs = list(protocol.validation_loader(args, data))
+    val = (torch.cat([x for x, _ in pairs]), torch.cat([y for _, y in pairs]))  # what snip scores on
     load = OtherLoad()
     load.start()
     plan = [(s, seed, m) for s in args.sparsities for seed in args.seeds for m in args.methods]
