@@ -393,3 +393,16 @@ def test_bad_weights_are_user_errors(tmp_path):
     torch.save(rlp.models.BasicCNN(width=0.25).state_dict(), tmp_path / "ok.pt")
     assert_user_error(run_main(["run", *QUICK, "--weights", str(tmp_path / "ok.pt"), "--rewind-epoch", "1",
                                 "--out", str(tmp_path / "c")]), 2, "set rewind_epoch to 0")  # fmt: skip
+
+
+def test_run_with_the_width_policy_and_recalibrated_rewards(tmp_path):
+    out = tmp_path / "run"
+    code, _, stderr = run_main(["search", *QUICK, "--policy", "widths", "--recalibrate", "1", "--out", str(out)])
+    assert code == 0, stderr
+    search = json.loads((out / "search.json").read_text())
+    assert search["recalibrate"] == 1 and search["evaluations"] == 16
+    with open(out / "history.csv") as f:
+        header = next(csv.reader(f))
+    assert "width_std" in header and "entropy" not in header  # the width policy's statistics, not the filters'
+    assert_user_error(run_main(["search", *QUICK, "--recalibrate", "-1", "--out", str(tmp_path / "b")]), 2,
+                      "--recalibrate")  # fmt: skip

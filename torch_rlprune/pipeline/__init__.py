@@ -52,6 +52,7 @@ from .comparison import compare, comparison_markdown, comparison_plot, compariso
 from .config import (
     CRITERION_METHODS,
     METHODS,
+    POLICIES,
     MODEL_SOURCES,
     REWARDS,
     SEARCH_METHODS,
@@ -77,6 +78,7 @@ __all__ = [
     "METHODS",
     "SEARCH_METHODS",
     "CRITERION_METHODS",
+    "POLICIES",
     "REWARDS",
     "run_pipeline",
     "search_step",

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..criteria import CRITERIA
-from ..methods import SEARCH_METHODS
+from ..methods import SEARCH_METHODS, RLStructuredPruning
 from ..search.rewards import REWARDS as REWARD_TYPES
 
 PathLike = Union[str, os.PathLike]
@@ -32,6 +32,8 @@ METHODS = (*SEARCH_METHODS, *CRITERION_METHODS)
 #: Rewards of the search methods (see :data:`torch_rlprune.search.rewards.REWARDS`): validation accuracy, minus
 #: the validation loss, AMC's ``-error * log(MACs)``.
 REWARDS = tuple(REWARD_TYPES)
+#: The policies of the REINFORCE search (``method="rl"``).
+POLICIES = tuple(RLStructuredPruning.policy_options)
 
 
 def _silent(message: str) -> None:
@@ -68,6 +70,12 @@ class PipelineConfig:
         episodes (int): masks a search method evaluates. Default: 300.
         reward (str): one of :data:`REWARDS`. Default: ``"accuracy"``.
         reward_batches (int): validation batches each reward reads. Default: 2.
+        recalibrate (int): training batches that re-estimate every candidate's batch-norm statistics before its
+            reward (:class:`torch_rlprune.rewards.Recalibrated`); 0 evaluates with each validation batch's own
+            statistics. Default: 0.
+        policy (str): the REINFORCE policy of ``method="rl"``: ``"filters"`` (one logit per filter) or
+            ``"widths"`` (one keep fraction per layer, the largest-L1 filters inside; see
+            :class:`torch_rlprune.RLStructuredPruning`). Default: ``"filters"``.
         rewind_epoch (int): ``k``, the epoch whose weights the mask is searched at (0: at init). Default: 2.
         rewind_to (str): ``"init"`` or ``"k"``: where the kept filters are rewound before the final training.
             Default: ``"init"``.
@@ -97,6 +105,8 @@ class PipelineConfig:
     episodes: int = 300
     reward: str = "accuracy"
     reward_batches: int = 2
+    recalibrate: int = 0
+    policy: str = "filters"
     rewind_epoch: int = 2
     rewind_to: str = "init"
     epochs: int = 8
@@ -118,6 +128,10 @@ class PipelineConfig:
             raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}.")
         if self.reward not in REWARDS:
             raise ValueError(f"unknown reward {self.reward!r}; choose one of {', '.join(REWARDS)}.")
+        if self.policy not in POLICIES:
+            raise ValueError(f"unknown policy {self.policy!r}; choose one of {', '.join(POLICIES)}.")
+        if isinstance(self.recalibrate, bool) or not isinstance(self.recalibrate, int) or self.recalibrate < 0:
+            raise ValueError(f"recalibrate must be a number of training batches >= 0, got {self.recalibrate!r}.")
         if isinstance(self.amount, bool) or not isinstance(self.amount, (int, float)) or not 0 < self.amount < 1:
             raise ValueError(
                 f"amount must be a fraction of the filters strictly between 0 and 1 (0.7 prunes 70%), got "

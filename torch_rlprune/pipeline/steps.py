@@ -19,7 +19,7 @@ from .. import criteria
 from ..data import batches
 from ..groups import CONV_TYPES
 from ..lottery import LotteryTicket, Snapshot, rewind
-from ..methods import global_structured
+from ..methods import RLStructuredPruning, global_structured
 from ..metrics import filters_per_layer
 from ..search.rewards import make_reward
 from ..serialization import load, save
@@ -37,7 +37,8 @@ OUTPUTS = {
     "slim": ("ticket.pt",),
     "train": ("dense.json", "model.pt", "train.json", "report.json", "report.md"),
 }
-SEARCH_FIELDS = ("method", "reward", "reward_batches", "seconds", "evaluations", "best_reward", "interrupted")
+SEARCH_FIELDS = ("method", "reward", "reward_batches", "recalibrate", "seconds", "evaluations", "best_reward",
+                 "interrupted")  # fmt: skip
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -69,7 +70,11 @@ def _convs(model: nn.Module) -> list[tuple[nn.Module, str]]:
 
 def _reward(ws: Workspace) -> Callable[[nn.Module], float]:
     c = ws.config
-    return make_reward(c.reward, ws.val_loader(), c.reward_batches, example_inputs=ws.example_inputs)
+    # Calibration batches come without augmentation: they stand for the data the network will see.
+    calibration = batches(ws.splits.train, c.batch_size, shuffle=True, generator=torch.Generator().manual_seed(c.seed),
+                          device=ws.device) if c.recalibrate else None  # fmt: skip
+    return make_reward(c.reward, ws.val_loader(), c.reward_batches, example_inputs=ws.example_inputs,
+                       recalibrate=calibration, recalibrate_batches=c.recalibrate or 1)  # fmt: skip
 
 
 def _criterion_context(ws: Workspace, name: str, init_state: dict[str, torch.Tensor] | None) -> dict[str, Any]:
@@ -123,6 +128,7 @@ def prune_model(
         result = global_structured(
             convs, SEARCH_METHODS[method], **common, reward=_reward(ws), episodes=c.episodes, seed=c.seed,
             progress=progress, writer=writer, checkpoint=checkpoint, resume=resume,
+            **({"policy": c.policy} if SEARCH_METHODS[method] is RLStructuredPruning else {}),
         )
     else:
         name = CRITERION_METHODS[method]
@@ -133,6 +139,7 @@ def prune_model(
         "amount": amount,
         "reward": c.reward if result is not None else None,
         "reward_batches": c.reward_batches if result is not None else None,
+        "recalibrate": c.recalibrate if result is not None else None,
         "seconds": result.wall_time if result is not None else seconds,
         "evaluations": result.evaluations if result is not None else 0,
         "best_reward": result.best_reward if result is not None else None,
