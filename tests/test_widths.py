@@ -154,3 +154,78 @@ def test_rank_normalisation_prunes_every_group_alike():
     rlp.global_structured(convs, torch.nn.utils.prune.LnStructured, n=1, amount=0.75, model=model,
                           example_inputs=x[:1], normalize="rank")
     assert [int(m.weight_mask.flatten(1).any(1).sum()) for m, _ in convs] == [4, 8, 16, 32]
+
+
+def basic_setup():
+    torch.manual_seed(0)
+    model = rlp.models.BasicCNN(width=0.25)
+    x = torch.randn(8, 3, 32, 32)
+    return model, x, [(m, "weight") for m in model.modules() if isinstance(m, nn.Conv2d)]
+
+
+def test_counts_within_a_cost_budget_are_maximal():
+    sizes, weights = [10, 20, 30], torch.tensor([3.0, 1.0, 2.0])
+
+    def cost(counts):
+        return float((counts.double() * weights.double()).sum())
+
+    counts = counts_for_fractions(torch.rand(8, 3, generator=torch.Generator().manual_seed(0)), sizes, 0, [1, 1, 1],
+                                  cost=cost, budget=50.0)  # fmt: skip
+    for row in counts:
+        assert cost(row) <= 50.0
+        for g in range(3):  # no group could keep one filter more
+            if row[g] < sizes[g]:
+                more = row.clone()
+                more[g] += 1
+                assert cost(more) > 50.0
+    with pytest.raises(ValueError, match="exceed the budget"):
+        counts_for_fractions(torch.ones(1, 3), sizes, 0, [5, 5, 5], cost=cost, budget=10.0)
+
+
+@pytest.mark.parametrize("method", ["l1", "random_width", "rl_widths"])
+def test_a_macs_budget_is_met_by_rankings_and_width_searches(method):
+    model, x, convs = basic_setup()
+    dense_macs = rlp.metrics.count_macs(model, x[:1])
+    seen = []
+
+    def reward(view):
+        seen.append(view.macs())
+        return float(-view.macs())  # any reward: the budget must hold for every candidate
+
+    kwargs = {"l1": {"n": 1}, "random_width": {"reward": reward, "episodes": 6, "seed": 0, "progress": False},
+              "rl_widths": {"reward": reward, "episodes": 8, "seed": 0, "progress": False, "policy": "widths"}}[method]
+    pruning_method = {"l1": torch.nn.utils.prune.LnStructured, "random_width": rlp.RandomWidthPruning,
+                      "rl_widths": rlp.RLStructuredPruning}[method]  # fmt: skip
+    rlp.global_structured(convs, pruning_method, amount=rlp.MACs(0.3), model=model, example_inputs=x[:1], **kwargs)
+    macs = rlp.metrics.count_macs(rlp.slim(model, x[:1]), x[:1])
+    assert macs <= 0.3 * dense_macs and macs > 0.25 * dense_macs  # on the budget, not far below it
+    assert all(m <= 0.3 * dense_macs for m in seen)
+
+
+def test_a_ranking_under_a_macs_budget_prunes_no_more_than_it_must():
+    model, x, convs = basic_setup()
+    rlp.global_structured(convs, torch.nn.utils.prune.LnStructured, n=1, amount=rlp.MACs(0.4), model=model,
+                          example_inputs=x[:1])  # fmt: skip
+    pruned = sum(int((~m.weight_mask.flatten(1).any(1)).sum()) for m, _ in convs)
+    fewer, _, fewer_convs = basic_setup()
+    rlp.global_structured(fewer_convs, torch.nn.utils.prune.LnStructured, n=1, amount=pruned - 1, model=fewer,
+                          example_inputs=x[:1])  # fmt: skip
+    assert rlp.metrics.count_macs(rlp.slim(fewer, x[:1]), x[:1]) > 0.4 * rlp.metrics.count_macs(basic_setup()[0], x[:1])
+
+
+def test_macs_budget_errors_are_clear():
+    model, x, convs = basic_setup()
+    with pytest.raises(ValueError, match=r"fraction must lie in \(0, 1\]"):
+        rlp.MACs(0.0)
+    with pytest.raises(ValueError, match="needs a search over layer widths"):
+        rlp.global_structured(convs, rlp.SimulatedAnnealingPruning, amount=rlp.MACs(0.5), model=model,
+                              example_inputs=x[:1], reward=lambda m: 0.0, episodes=2, progress=False)  # fmt: skip
+    with pytest.raises(ValueError, match="round_to with a MACs budget"):
+        rlp.global_structured(convs, torch.nn.utils.prune.LnStructured, n=1, amount=rlp.MACs(0.5), model=model,
+                              example_inputs=x[:1], round_to=8)  # fmt: skip
+    with pytest.raises(ValueError, match="lower min_keep"):
+        rlp.global_structured(convs, torch.nn.utils.prune.LnStructured, n=1, amount=rlp.MACs(0.01), model=model,
+                              example_inputs=x[:1], min_keep=0.5)  # fmt: skip
+    with pytest.raises(TypeError, match="needs the whole model"):
+        rlp.rl_structured(convs[1][0], "weight", amount=rlp.MACs(0.5), reward=lambda m: 0.0, episodes=2,
+                          progress=False)  # fmt: skip

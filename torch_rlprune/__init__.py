@@ -21,6 +21,7 @@ from .methods import (
     rl_structured,
 )
 from .search import rewards
+from .selection import MACs
 from .serialization import load, save
 from .slicing import slim
 
@@ -46,6 +47,7 @@ __all__ = [
     "apply_channel_masks",
     "effective_weight",
     "global_structured",
+    "MACs",
     "rl_structured",
     "RLStructuredPruning",
     "SimulatedAnnealingPruning",

@@ -30,8 +30,12 @@ from .search.controller import ReinforceController
 from .search.evaluation import MODES, CandidateEvaluator
 from .search.features import filter_features
 from .search.rewards import check_reward
+from .masks import keep_vectors
+from .search.widths import keep_top
 from .selection import (
     NORMALIZATIONS,
+    MACs,
+    fewest_to_prune,
     channels_to_prune,
     check_budget,
     check_round_to,
@@ -300,16 +304,19 @@ def global_structured(
         warnings.warn(f"{_CALLER}: skipping convolutions whose filters cannot be pruned: {'; '.join(skipped)}.")
 
     alive = [alive_channels(g) for g in chosen]
-    n_prune = channels_to_prune(amount, int(sum(int(a.sum()) for a in alive)), _CALLER)
+    sizes = [int(a.sum()) for a in alive]
     keep_min = min_keep_counts([g.size for g in chosen], min_keep, _CALLER)
+    budget = _macs_budget(model, chosen, alive, example_inputs, amount, block)
     # Before any scoring or search, which may take long, so that an impossible budget fails at once.
-    check_budget([int(a.sum()) for a in alive], n_prune, keep_min, _CALLER, block)
+    n_prune = 0 if budget else channels_to_prune(amount, sum(sizes), _CALLER)
+    most = sum(sizes) - sum(keep_floors(keep_min, sizes, block))
+    check_budget(sizes, n_prune, keep_min, _CALLER, block)
 
     if isinstance(pruning_method, type) and issubclass(pruning_method, _SearchPruning):
         if importance_scores is not None:
             raise ValueError(f"{_CALLER}: {pruning_method.__name__} searches by reward; it takes no importance_scores.")
         method = pruning_method(amount, min_keep=min_keep, round_to=round_to, **kwargs)
-        keep = method.search_groups(model, chosen, alive, n_prune, keep_min, example_inputs)
+        keep = method.search_groups(model, chosen, alive, n_prune, keep_min, example_inputs, budget)
         apply_channel_masks(chosen, keep)
         return method.result
     if criterion is not None:
@@ -317,6 +324,9 @@ def global_structured(
         context = {"example_inputs": example_inputs, "groups": ChannelGroups(chosen, groups.excluded),
                    "amount": n_prune, "min_keep": min_keep}  # fmt: skip
         accepted = inspect.signature(criterion).parameters
+        if budget and "amount" in accepted:
+            raise ValueError(f"{_CALLER}: {pruning_method!r} prunes as it scores and needs a filter amount, not a "
+                             "MACs budget.")  # fmt: skip
         call_kwargs = {k: v for k, v in context.items() if k in accepted} | kwargs
         scores = _criterion_scores(chosen, criterion(model, **call_kwargs))
     elif pruning_method is prune.RandomStructured:
@@ -329,8 +339,34 @@ def global_structured(
         if not torch.isfinite(s).all():
             raise ValueError(f"{_CALLER}: scores of group {group.name!r} contain NaN or inf; check the criterion.")
     scores = [normalize_scores(s, a, normalize) for s, a in zip(scores, alive)]
+    if budget:
+        macs_of, target = budget
+        n_prune = fewest_to_prune(lambda n: macs_of(select_channels(scores, alive, n, keep_min, _CALLER, block)),
+                                  most, target, _CALLER)  # fmt: skip
     keep = select_channels(scores, alive, n_prune, keep_min, caller=_CALLER, round_to=block)
     apply_channel_masks(chosen, keep)
+
+
+def _macs_budget(
+    model: nn.Module,
+    groups: Sequence[ChannelGroup],
+    alive: Sequence[torch.Tensor],
+    example_inputs: ExampleInputs,
+    amount: Any,
+    block: int,
+) -> tuple[Callable[[Sequence[torch.Tensor]], int], float] | None:
+    """For a :class:`MACs` budget, the MACs of a keep-set over ``groups`` and the most it may keep; else ``None``."""
+    if not isinstance(amount, MACs):
+        validate_amount(amount, _CALLER)
+        return None
+    if block > 1:
+        raise ValueError(f"{_CALLER}: round_to with a MACs budget is not supported yet; pass a filter amount.")
+    evaluator = CandidateEvaluator(model, groups, example_inputs)
+
+    def macs_of(keep: Sequence[torch.Tensor]) -> int:
+        return evaluator.macs(keep_vectors(groups, keep))
+
+    return macs_of, amount.fraction * macs_of(alive)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -406,6 +442,7 @@ class _SearchPruning(prune.BasePruningMethod):
                             "checkpoint_every": checkpoint_every, "resume": resume,
                             "distributed": distributed}  # fmt: skip
         self._target = _target
+        self._cost: tuple[Callable[[torch.Tensor], int], float] | None = None  # a MACs budget, see search_groups
         #: the :class:`~torch_rlprune.search.SearchResult` of the last search
         self.result: SearchResult | None = None
 
@@ -503,8 +540,15 @@ class _SearchPruning(prune.BasePruningMethod):
         n_prune: int,
         keep_min: Sequence[int],
         example_inputs: ExampleInputs,
+        budget: tuple[Callable[[Sequence[torch.Tensor]], int], float] | None = None,
     ) -> list[torch.Tensor]:
-        """Search the alive channels of ``groups`` for the best keep-set of their size minus ``n_prune``."""
+        """Search the alive channels of ``groups`` for the best keep-set of their size minus ``n_prune``, or,
+        with a MACs ``budget`` (the MACs of a keep-set, the most it may keep), the best within it."""
+        if budget is not None and not self.widths_only:
+            raise ValueError(
+                f"{type(self).__name__}: a MACs budget needs a search over layer widths, whose proposals can be "
+                "sized to it: RLStructuredPruning(policy='widths') or RandomWidthPruning; or pass a filter amount."
+            )
         sizes = [int(a.sum()) for a in alive]
         floors = keep_floors(keep_min, sizes, self.round_to)
         check_budget(sizes, n_prune, floors, type(self).__name__, self.round_to)
@@ -525,10 +569,23 @@ class _SearchPruning(prune.BasePruningMethod):
             with torch.no_grad():
                 return check_reward(reward(evaluator.view(unflatten(flat))), reward)
 
+        self._cost = None
+        if budget is not None:
+            macs_of, most = budget
+            # Column 0 of the features is the filter's L1 norm relative to its layer's mean: the width searches
+            # keep the largest in each group, so a count per group is a keep-set, and it has MACs.
+            self._cost = (lambda counts: macs_of(unflatten(keep_top(counts[None], features[:, 0], sizes)[0])), most)
         device = device_of(model)
         with evaluator.active():
             result = self.search(features, sizes, sum(sizes) - n_prune, floors, evaluate, device)
         return unflatten(result.best_keep)
+
+    #: whether the method proposes layer widths, and so can size them to a MACs budget
+    widths_only = False
+
+    def _width_budget(self) -> dict[str, Any]:
+        """The ``cost`` and ``budget`` options of a width strategy: the MACs budget of the search, if any."""
+        return {} if self._cost is None else {"cost": self._cost[0], "budget": self._cost[1]}
 
 
 def _relative(values: torch.Tensor) -> torch.Tensor:
@@ -625,12 +682,14 @@ class RLStructuredPruning(_SearchPruning):
             raise TypeError(f"RLStructuredPruning: {', '.join(other)} are not options of policy={policy!r}; it takes "
                             f"{', '.join(self.policy_options[policy])}.")  # fmt: skip
         self.policy = policy
+        self.widths_only = policy == "widths"
 
     def _strategy(self, features, group_sizes, n_keep, min_keep, device):  # type: ignore[no-untyped-def]
         options = {k: v for k, v in self.options.items() if k not in ("saliency", "policy")}
         if self.policy == "widths":
             # Column 0 of both callers' features is the filter's L1 norm relative to its layer's mean.
-            return WidthReinforceStrategy(group_sizes, n_keep, min_keep, features[:, 0], seed=self.seed, **options)
+            return WidthReinforceStrategy(group_sizes, n_keep, min_keep, features[:, 0], seed=self.seed,
+                                          **self._width_budget(), **options)  # fmt: skip
         controller = ReinforceController(features, group_sizes, n_keep, min_keep, seed=self.seed, device=device,
                                          **options)  # fmt: skip
         return ReinforceStrategy(controller)
@@ -722,9 +781,11 @@ class RandomWidthPruning(_SearchPruning):
 
     kind = "random-width"
     option_names = ("low", "high")
+    widths_only = True
 
     def _strategy(self, features, group_sizes, n_keep, min_keep, device):  # type: ignore[no-untyped-def]
-        return RandomWidthStrategy(group_sizes, n_keep, min_keep, features[:, 0], seed=self.seed, **self.options)
+        return RandomWidthStrategy(group_sizes, n_keep, min_keep, features[:, 0], seed=self.seed,
+                                   **self._width_budget(), **self.options)  # fmt: skip
 
 
 #: The search methods by name: what the command's ``--method`` and the benchmarks offer beside the criteria of

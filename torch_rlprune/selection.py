@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
 __all__ = [
+    "MACs",
+    "fewest_to_prune",
     "validate_amount",
     "channels_to_prune",
     "min_keep_counts",
@@ -22,8 +25,65 @@ __all__ = [
 NORMALIZATIONS = ("mean", "max", "l2", "rank", "none")
 
 
+@dataclass(frozen=True)
+class MACs:
+    r"""A budget in multiply-accumulates, for ``amount=``: prune until the model keeps ``fraction`` of its MACs.
+
+    AMC-style users state budgets this way. The MACs are those of the sliced network per example, as
+    :func:`torch_rlprune.metrics.count_macs` counts them, relative to the model as it is (with the masks it
+    already has). A ranking prunes the fewest of its lowest-ranked filters that bring the MACs to the budget; a
+    width search (``RLStructuredPruning(policy="widths")``, :class:`~torch_rlprune.RandomWidthPruning`) proposes
+    only layer widths within it.
+
+    Args:
+        fraction (float): the share of the MACs kept, in (0, 1].
+
+    Example:
+        >>> import torch
+        >>> import torch.nn.utils.prune as prune
+        >>> import torch_rlprune as rlp
+        >>> model = rlp.models.BasicCNN()
+        >>> x = torch.randn(1, 3, 32, 32)
+        >>> convs = [(m, "weight") for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+        >>> rlp.global_structured(convs, prune.LnStructured, n=1, amount=rlp.MACs(0.25), model=model,
+        ...                       example_inputs=x)
+        >>> rlp.metrics.count_macs(rlp.slim(model, x), x) <= 0.25 * rlp.metrics.count_macs(rlp.models.BasicCNN(), x)
+        True
+    """
+
+    fraction: float
+
+    def __post_init__(self) -> None:
+        f = self.fraction
+        if isinstance(f, bool) or not isinstance(f, numbers.Real) or not 0 < f <= 1:
+            raise ValueError(f"MACs: fraction must lie in (0, 1] (0.25 keeps a quarter of the MACs), got {f!r}.")
+
+
+def fewest_to_prune(cost: Callable[[int], float], most: int, budget: float, caller: str) -> int:
+    """The smallest ``n`` in ``[0, most]`` with ``cost(n) <= budget``, for a ``cost`` that falls as ``n`` grows.
+
+    Raises:
+        ValueError: even ``cost(most)`` is above the budget.
+    """
+    if cost(most) > budget:
+        raise ValueError(
+            f"{caller}: the budget keeps fewer MACs than pruning every filter that min_keep allows leaves; lower "
+            "min_keep or raise the MACs fraction."
+        )
+    low, high = -1, most  # cost(low) > budget (or low = -1), cost(high) <= budget
+    while high - low > 1:
+        mid = (low + high) // 2
+        if cost(mid) <= budget:
+            high = mid
+        else:
+            low = mid
+    return high
+
+
 def validate_amount(amount: object, caller: str) -> None:
     """Raise if ``amount`` is not a float in [0, 1] or a non-negative int (the convention of ``torch.nn.utils.prune``)."""
+    if isinstance(amount, MACs):
+        return
     if isinstance(amount, bool) or not isinstance(amount, numbers.Real):
         raise TypeError(
             f"{caller}: amount must be a float in [0, 1] (a fraction of the filters) or a non-negative int "
@@ -42,6 +102,8 @@ def validate_amount(amount: object, caller: str) -> None:
 def channels_to_prune(amount: float | int, alive: int, caller: str) -> int:
     """The number of channels ``amount`` asks to prune out of ``alive`` (rounded as ``torch.nn.utils.prune`` does)."""
     validate_amount(amount, caller)
+    if isinstance(amount, MACs):
+        raise TypeError(f"{caller}: a MACs budget needs the whole model: use torch_rlprune.global_structured.")
     if isinstance(amount, numbers.Integral):
         if amount > alive:
             raise ValueError(

@@ -18,7 +18,7 @@ the gradient estimate unbiased for the expected reward of the keep-sets they giv
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -30,7 +30,13 @@ __all__ = ["counts_for_fractions", "keep_top", "RandomWidthStrategy", "WidthPoli
 
 
 def counts_for_fractions(
-    fractions: torch.Tensor, group_sizes: Sequence[int], n_keep: int, min_keep: Sequence[int]
+    fractions: torch.Tensor,
+    group_sizes: Sequence[int],
+    n_keep: int,
+    min_keep: Sequence[int],
+    *,
+    cost: Callable[[torch.Tensor], float] | None = None,
+    budget: float | None = None,
 ) -> torch.Tensor:
     r"""Integer filter counts per group, proportional to ``fractions * group_sizes`` and exactly on the budget.
 
@@ -38,14 +44,21 @@ def counts_for_fractions(
     :math:`\sum_g \mathrm{clamp}(\lambda t_g, m_g, s_g) = n_{keep}` (found by bisection), then rounded by largest
     remainders so that the counts add up to ``n_keep`` exactly without leaving ``[min_keep[g], size[g]]``.
 
+    With ``cost`` and ``budget`` (e.g. the MACs of the network that keeps ``counts``, and the most it may have)
+    the budget is ``cost(counts) <= budget`` instead of the filter total: :math:`\lambda` is the largest whose
+    rounded-down counts fit, and the rounding then adds filters by largest remainder while they still fit.
+
     Args:
         fractions (torch.Tensor): ``[n, G]`` positive keep fractions (only their ratios matter).
         group_sizes (sequence of int): filters per group.
-        n_keep (int): filters kept in all, between ``sum(min_keep)`` and ``sum(group_sizes)``.
+        n_keep (int): filters kept in all, between ``sum(min_keep)`` and ``sum(group_sizes)`` (ignored with
+            ``cost``).
         min_keep (sequence of int): filters each group keeps at least.
+        cost (callable, optional): ``cost(counts) -> float`` of one ``[G]`` row of counts, growing with each count.
+        budget (float, optional): the largest ``cost`` allowed; needed with ``cost``.
 
     Returns:
-        torch.Tensor: ``[n, G]`` long counts, each row summing to ``n_keep``.
+        torch.Tensor: ``[n, G]`` long counts, each row summing to ``n_keep`` (or within the cost budget).
 
     Example:
         >>> import torch
@@ -55,6 +68,8 @@ def counts_for_fractions(
     sizes = torch.tensor(list(group_sizes), dtype=torch.float64)
     floors = torch.tensor(list(min_keep), dtype=torch.float64)
     targets = fractions.detach().double().cpu().clamp(min=1e-9) * sizes
+    if cost is not None:
+        return torch.stack([_within_cost(row, sizes, floors, cost, budget) for row in targets])
 
     def total(scale: torch.Tensor) -> torch.Tensor:
         return torch.minimum(torch.maximum(scale[:, None] * targets, floors), sizes).sum(1)
@@ -75,6 +90,31 @@ def counts_for_fractions(
         order = torch.argsort(torch.where(room, remainder[row], torch.full_like(remainder[row], -1.0)), descending=True)
         counts[row, order[: int(missing[row])]] += 1
     return counts.long()
+
+
+def _within_cost(
+    targets: torch.Tensor, sizes: torch.Tensor, floors: torch.Tensor, cost: Callable[[torch.Tensor], float], budget: Any
+) -> torch.Tensor:
+    if budget is None:
+        raise ValueError("counts_for_fractions: a cost needs a budget.")
+
+    def counts_at(scale: float) -> torch.Tensor:
+        return torch.minimum(torch.maximum(scale * targets, floors), sizes).floor().long()
+
+    if cost(counts_at(0.0)) > budget:
+        raise ValueError("counts_for_fractions: even the smallest counts (min_keep) exceed the budget; lower min_keep.")
+    low, high = 0.0, float((sizes / targets).max())
+    for _ in range(40):
+        mid = (low + high) / 2
+        low, high = (mid, high) if cost(counts_at(mid)) <= budget else (low, mid)
+    counts = counts_at(low)
+    remainder = torch.minimum(torch.maximum(low * targets, floors), sizes) - counts
+    for g in torch.argsort(remainder, descending=True).tolist():
+        if counts[g] < sizes[g]:
+            counts[g] += 1
+            if cost(counts) > budget:
+                counts[g] -= 1
+    return counts
 
 
 def keep_top(counts: torch.Tensor, ranking: torch.Tensor, group_sizes: Sequence[int]) -> torch.Tensor:
@@ -117,6 +157,8 @@ class RandomWidthStrategy(BlindStrategy):
         low (float): smallest fraction drawn. Default: 0.05.
         high (float): largest fraction drawn. Default: 1.0.
         seed (int, optional): seeds the draws.
+        cost, budget: size the widths to ``cost(counts) <= budget`` instead of ``n_keep`` filters (see
+            :func:`counts_for_fractions`).
 
     Example:
         >>> import torch
@@ -138,16 +180,20 @@ class RandomWidthStrategy(BlindStrategy):
         low: float = 0.05,
         high: float = 1.0,
         seed: int | None = None,
+        cost: Callable[[torch.Tensor], float] | None = None,
+        budget: float | None = None,
     ) -> None:
         if not 0 < low <= high:
             raise ValueError(f"RandomWidthStrategy: need 0 < low <= high, got low={low!r}, high={high!r}.")
         super().__init__(seed)
         self.group_sizes, self.n_keep, self.min_keep = list(group_sizes), n_keep, list(min_keep)
         self.ranking, self.low, self.high = ranking.detach().cpu(), float(low), float(high)
+        self.cost, self.budget = cost, budget
 
     def propose(self, n: int) -> tuple[torch.Tensor, Any]:
         fractions = self.low + (self.high - self.low) * torch.rand(n, len(self.group_sizes), generator=self.generator)
-        counts = counts_for_fractions(fractions, self.group_sizes, self.n_keep, self.min_keep)
+        counts = counts_for_fractions(fractions, self.group_sizes, self.n_keep, self.min_keep, cost=self.cost,
+                                      budget=self.budget)  # fmt: skip
         return keep_top(counts, self.ranking, self.group_sizes), None
 
 
@@ -211,6 +257,8 @@ class WidthReinforceStrategy:
         min_std (float): smallest standard deviation. Default: 0.05.
         max_std (float): largest standard deviation. Default: 1.0.
         seed (int, optional): seeds the draws.
+        cost, budget: size the widths to ``cost(counts) <= budget`` instead of ``n_keep`` filters (see
+            :func:`counts_for_fractions`).
 
     Example:
         >>> import torch
@@ -237,6 +285,8 @@ class WidthReinforceStrategy:
         min_std: float = 0.05,
         max_std: float = 1.0,
         seed: int | None = None,
+        cost: Callable[[torch.Tensor], float] | None = None,
+        budget: float | None = None,
     ) -> None:
         for name, value in (("lr", lr), ("std", std), ("min_std", min_std), ("max_std", max_std)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
@@ -246,13 +296,17 @@ class WidthReinforceStrategy:
         self.group_sizes, self.n_keep, self.min_keep = list(group_sizes), n_keep, list(min_keep)
         self.ranking = ranking.detach().cpu()
         self.bounds = (math.log(min_std), math.log(max_std))
-        self.policy = WidthPolicy(len(self.group_sizes), n_keep / sum(self.group_sizes), std)
+        self.cost, self.budget = cost, budget
+        # Only the ratios of the fractions matter; start where the sigmoid is steepest when the budget is no count.
+        start = 0.5 if cost is not None else n_keep / sum(self.group_sizes)
+        self.policy = WidthPolicy(len(self.group_sizes), start, std)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=float(lr))
         self.generator = seeded_generator(seed)
         self.steps = 0
 
     def _keep(self, z: torch.Tensor) -> torch.Tensor:
-        counts = counts_for_fractions(torch.sigmoid(z), self.group_sizes, self.n_keep, self.min_keep)
+        counts = counts_for_fractions(torch.sigmoid(z), self.group_sizes, self.n_keep, self.min_keep, cost=self.cost,
+                                      budget=self.budget)  # fmt: skip
         return keep_top(counts, self.ranking, self.group_sizes)
 
     def propose(self, n: int) -> tuple[torch.Tensor, Any]:
