@@ -2,12 +2,14 @@
 
 Run by hand (nothing here is collected by pytest)::
 
-    python benchmarks/quality.py            # 3 sparsities x 8 methods x 3 seeds: hours on 2 CPU cores, resumable
-    python benchmarks/quality.py --sparsities 0.8 --methods l1-global,rl-widths --seeds 0 --episodes 8 \\
+    python benchmarks/quality.py            # 4 targets x 8 methods x 3 seeds: hours on 2 CPU cores, resumable
+    python benchmarks/quality.py --targets 0.8 --methods l1-global,rl-widths --seeds 0 --episodes 8 \\
         --finetune-epochs 1 --out /tmp/quality.json        # smoke run
 
 Every method prunes the same trained dense BasicCNN (``dense.py``: the whole CIFAR-10 training split less 5,000
-validation images, trained once and cached) to each filter sparsity of ``--sparsities``; the pruned network is
+validation images, trained once and cached) to each target of ``--targets`` (a share of the filters pruned, or
+``macsF``: at most the share F of the MACs kept, ``amount=rlp.MACs(F)``, for the methods that can meet it: the
+rankings and the width searches); the pruned network is
 sliced (:func:`torch_rlprune.slim`), fine-tuned with one fixed schedule (``--finetune-epochs`` epochs of SGD,
 cosine learning rate from ``--finetune-lr``, crop and flip; the same for every method) and tested once. Methods
 (:data:`METHODS`, all through :func:`torch_rlprune.global_structured`):
@@ -86,13 +88,16 @@ METHODS: dict[str, Callable[..., int]] = {
     "rl-widths": _search(rlp.RLStructuredPruning, policy="widths"),
 }
 OURS = ("rl-filters", "rl-widths")
+#: The methods that can meet a MACs budget: rankings, and searches that propose layer widths.
+MACS_METHODS = ("l1-global", "l1-uniform", "snip", "random-width", "rl-widths")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     dense.add_arguments(p)
     protocol.add_arguments(p)
-    p.add_argument("--sparsities", default="0.8,0.9,0.7", help="filter sparsities, run in this order (0.8,0.9,0.7)")
+    p.add_argument("--targets", default="0.8,0.9,macs0.25,0.7", help="filter sparsities and MACs budgets (macsF: "
+                   "keep at most F of the MACs), run in this order (default: 0.8,0.9,macs0.25,0.7)")  # fmt: skip
     p.add_argument("--methods", default=",".join(METHODS), help=f"subset of {','.join(METHODS)} (default: all)")
     p.add_argument("--seeds", default="0,1,2", help="seeds (default: 0,1,2)")
     p.add_argument("--episodes", type=int, default=192, help="rewards evaluated per search (default: 192)")
@@ -103,17 +108,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default=str(DEFAULT_OUT), help=f"results file (default: {DEFAULT_OUT})")
     args = p.parse_args(argv)
     try:
-        args.sparsities = [float(s) for s in args.sparsities.split(",")]
+        args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+        for target in args.targets:
+            amount_of(target)
         args.seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError as error:
-        p.error(f"--sparsities and --seeds are comma-separated numbers ({error})")
+        p.error(f"--targets are sparsities in (0, 1) or macsF, --seeds comma-separated ints ({error})")
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = sorted(set(args.methods) - set(METHODS))
     if unknown:
         p.error(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
-    if not all(0 < s < 1 for s in args.sparsities) or args.episodes < 1:
-        p.error("--sparsities must lie in (0, 1) and --episodes be at least 1")
+    if args.episodes < 1:
+        p.error("--episodes must be at least 1")
     return args
+
+
+def amount_of(target: str) -> float | rlp.MACs:
+    """``"0.8"``: prune 80% of the filters; ``"macs0.25"``: keep at most 25% of the MACs."""
+    if target.startswith("macs"):
+        return rlp.MACs(float(target[4:]))
+    amount = float(target)
+    if not 0 < amount < 1:
+        raise ValueError(f"sparsity {target} is not in (0, 1)")
+    return amount
+
+
+def label(target: str) -> str:
+    amount = amount_of(target)
+    return f"{amount.fraction:.0%} MACs" if isinstance(amount, rlp.MACs) else f"{amount:.0%}"
 
 
 def mean_std(values: list[float]) -> str:
@@ -125,21 +147,21 @@ def mean_std(values: list[float]) -> str:
 
 
 def report(args: argparse.Namespace, runs: list[dict[str, Any]], dense_accuracy: float) -> None:
-    def accuracies(method: str, sparsity: float) -> dict[int, float]:
-        return {r["seed"]: r["test_accuracy"] for r in runs if (r["method"], r["sparsity"]) == (method, sparsity)
+    def accuracies(method: str, target: str) -> dict[int, float]:
+        return {r["seed"]: r["test_accuracy"] for r in runs if (r["method"], r["target"]) == (method, target)
                 and r["seed"] in args.seeds}  # fmt: skip
 
     rows = []
-    best: dict[float, str] = {}
-    for s in args.sparsities:
+    best: dict[str, str] = {}
+    for s in args.targets:
         baselines = {m: accuracies(m, s) for m in args.methods if m not in OURS and accuracies(m, s)}
         if baselines:
             best[s] = max(baselines, key=lambda m: statistics.fmean(baselines[m].values()))
     for method in args.methods:
         cells = []
-        for s in args.sparsities:
+        for s in args.targets:
             mine = accuracies(method, s)
-            cell = mean_std(list(mine.values()))
+            cell = mean_std(list(mine.values())) if mine or method in MACS_METHODS or not s.startswith("macs") else "n/a"
             reference = accuracies(best[s], s) if s in best else {}
             paired = [mine[seed] - reference[seed] for seed in mine if seed in reference]
             if paired and method != best.get(s):
@@ -149,11 +171,12 @@ def report(args: argparse.Namespace, runs: list[dict[str, Any]], dense_accuracy:
         rows.append([method, *cells])
     print_table(f"Test accuracy (%) after pruning the dense network ({100 * dense_accuracy:.2f}%) and "
                 f"{args.finetune_epochs} epochs of fine-tuning; mean ± std over seeds {args.seeds}; in brackets "
-                "the paired per-seed difference to the best baseline of the column (mean ± std); columns: filter "
-                "sparsity", ["method", *(f"{s:.0%}" for s in args.sparsities)], rows)  # fmt: skip
-    for s in args.sparsities:
+                "the paired per-seed difference to the best baseline of the column (mean ± std); columns: the "
+                "target (filter sparsity, or MACs kept); n/a: the method keeps a filter count", ["method",
+                *(label(t) for t in args.targets)], rows)  # fmt: skip
+    for s in args.targets:
         if s in best:
-            print(f"best baseline at {s:.0%}: {best[s]}")
+            print(f"best baseline at {label(s)}: {best[s]}")
     rows = []
     for method in args.methods:
         done = [r for r in runs if r["method"] == method]
@@ -184,21 +207,22 @@ def main(argv: list[str] | None = None) -> int:
     val = (torch.cat([x for x, _ in pairs]), torch.cat([y for _, y in pairs]))  # what snip scores on
     load = OtherLoad()
     load.start()
-    plan = [(s, seed, m) for s in args.sparsities for seed in args.seeds for m in args.methods]
-    for index, (sparsity, seed, method) in enumerate(plan, 1):
-        key = f"{method}|{sparsity:g}|{seed}"
+    plan = [(t, seed, m) for t in args.targets for seed in args.seeds for m in args.methods
+            if m in MACS_METHODS or not t.startswith("macs")]  # fmt: skip
+    for index, (target, seed, method) in enumerate(plan, 1):
+        key = f"{method}|{target}|{seed}"
         if key in results.done:
             continue
         pruned = copy.deepcopy(model)
         start = time.perf_counter()
-        evaluations = METHODS[method](pruned, example, sparsity, args, reward, seed, val)
+        evaluations = METHODS[method](pruned, example, amount_of(target), args, reward, seed, val)
         search_seconds = time.perf_counter() - start
         groups = rlp.channel_groups(pruned, example)
         reward_value = protocol.candidate_reward(pruned, example, [rlp.alive_channels(g) for g in groups], *reward[:2])
         outcome = protocol.fine_tune(args, pruned, data, example, seed)
-        results.add({"key": key, "method": method, "sparsity": sparsity, "seed": seed, "reward": reward_value,
+        results.add({"key": key, "method": method, "target": target, "seed": seed, "reward": reward_value,
                      "evaluations": evaluations, "search_seconds": search_seconds, **outcome})  # fmt: skip
-        print(f"[{index}/{len(plan)}] {method:12s} {sparsity:.0%} seed {seed}: test {outcome['test_accuracy']:.4f} "
+        print(f"[{index}/{len(plan)}] {method:12s} {label(target)} seed {seed}: test {outcome['test_accuracy']:.4f} "
               f"reward {reward_value:.4f} widths {outcome['widths']} search {search_seconds:.0f}s "
               f"fine-tune {outcome['finetune_seconds']:.0f}s", flush=True)  # fmt: skip
     report(args, results.runs, record["test_accuracy"])
