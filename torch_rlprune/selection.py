@@ -62,8 +62,21 @@ class MACs:
 def fewest_to_prune(cost: Callable[[int], float], most: int, budget: float, caller: str) -> int:
     """The smallest ``n`` in ``[0, most]`` with ``cost(n) <= budget``, for a ``cost`` that falls as ``n`` grows.
 
+    Args:
+        cost (callable): ``cost(n)``, e.g. the MACs left after pruning the ``n`` lowest-ranked filters.
+        most (int): the most that may be pruned.
+        budget (float): the largest cost allowed.
+        caller (str): the function named in error messages.
+
+    Returns:
+        int: the fewest to prune.
+
     Raises:
         ValueError: even ``cost(most)`` is above the budget.
+
+    Example:
+        >>> fewest_to_prune(lambda n: 100 - 3 * n, most=30, budget=50, caller="example")
+        17
     """
     if cost(most) > budget:
         raise ValueError(

@@ -51,7 +51,19 @@ class ReinforceStrategy:
 
 
 def seeded_generator(seed: int | None) -> torch.Generator:
-    """A CPU generator seeded with ``seed``, or from the system's entropy when ``seed`` is ``None``."""
+    """A CPU generator seeded with ``seed``, or from the system's entropy when ``seed`` is ``None``.
+
+    Args:
+        seed (int, optional): the seed.
+
+    Returns:
+        torch.Generator: the generator.
+
+    Example:
+        >>> import torch
+        >>> torch.equal(torch.rand(2, generator=seeded_generator(3)), torch.rand(2, generator=seeded_generator(3)))
+        True
+    """
     generator = torch.Generator()
     if seed is None:
         generator.seed()
