@@ -58,7 +58,7 @@ def _criterion(**options: Any) -> Callable[..., int]:
         if method == "snip":
             extra |= {"inputs": val[0], "targets": val[1]}
         rlp.global_structured(protocol.convs_of(model), method, model=model, example_inputs=example, amount=amount,
-                              **extra)  # fmt: skip
+                              min_keep=args.min_keep, **extra)  # fmt: skip
         return 0
 
     return run
@@ -68,7 +68,8 @@ def _search(method: type, **options: Any) -> Callable[..., int]:
     def run(model: Any, example: torch.Tensor, amount: float, args: argparse.Namespace, reward: Any, seed: int,
             val: tuple[torch.Tensor, torch.Tensor]) -> int:  # fmt: skip
         result = rlp.global_structured(protocol.convs_of(model), method, model=model, example_inputs=example,
-                                       amount=amount, reward=reward[0], norms=reward[1], episodes=args.episodes,
+                                       amount=amount, min_keep=args.min_keep, reward=reward[0], norms=reward[1],
+                                       episodes=args.episodes,
                                        seed=seed, progress=False, finalists=args.finalists,
                                        final_reward=reward[2], **options)  # fmt: skip
         return result.evaluations
@@ -101,6 +102,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--methods", default=",".join(METHODS), help=f"subset of {','.join(METHODS)} (default: all)")
     p.add_argument("--seeds", default="0,1,2", help="seeds (default: 0,1,2)")
     p.add_argument("--episodes", type=int, default=192, help="rewards evaluated per search (default: 192)")
+    p.add_argument("--min-keep", type=float, default=0.05, help="share of every layer each method keeps at least "
+                   "(default: 0.05, the command's; a search may otherwise starve a layer at 90%%)")  # fmt: skip
     p.add_argument("--finalists", type=int, default=4, help="best keep-sets every search re-scores on fresh "
                    "validation batches, within its --episodes (default: 4)")  # fmt: skip
     p.add_argument("--reward", default="acc-recal", choices=list(protocol.REWARDS),
@@ -198,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"dense network: test accuracy {record['test_accuracy']:.4f}", flush=True)
     example = torch.zeros(1, data.in_channels, data.image_size, data.image_size)
     settings = {**dense.settings(args), **{k: getattr(args, k) for k in protocol.SETTINGS},
-                "episodes": args.episodes, "finalists": args.finalists, "reward": args.reward}  # fmt: skip
+                "episodes": args.episodes, "finalists": args.finalists, "reward": args.reward,
+                "min_keep": args.min_keep}  # fmt: skip
     results = protocol.Results(Path(args.out), settings)
     # The finalists are re-scored on the validation batches after the search's, with the same kind of reward.
     reward = (*protocol.make_reward(args.reward, args, data),
