@@ -218,3 +218,42 @@ def test_slim_equals_masked_on_random_nets(kinds, amount, seed):
     with torch.no_grad():
         assert torch.allclose(model.eval()(x), small.eval()(x), atol=1e-5, rtol=1e-4)
     assert sum(p.numel() for p in small.parameters()) == rlp.metrics.count_params(model, x[:1])
+
+
+class _Amplifier(nn.Module):
+    """conv -> BN -> sigmoid -> conv -> a batch norm over channels that never vary (variance 0, tiny eps) -> fc.
+
+    Pruned channels of the first conv output sigmoid(0) = 0.5, which slim folds into the second conv's bias; the
+    fold rounds differently from the masked conv, and the last norm multiplies that rounding by ~1e5, as a trained
+    network's dead channels do (their running variance decays to ~0).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.conv2, self.bn2 = nn.Conv2d(8, 4, 3), nn.BatchNorm2d(4, eps=1e-10)  # no padding: the fold is exact
+        self.fc = nn.Linear(4 * 4 * 4, 3)
+
+    def forward(self, x):
+        x = torch.sigmoid(self.bn1(self.conv1(x)))
+        return self.fc(self.bn2(self.conv2(x)).flatten(1))
+
+
+def test_slim_accepts_float32_rounding_that_the_network_amplifies_but_not_a_wrong_slice():
+    torch.manual_seed(0)
+    model = _Amplifier().eval()
+    x = torch.randn(4, 3, 6, 6)
+    with torch.no_grad():  # the second norm centres its input exactly and divides by ~sqrt(1e-10)
+        model.bn2.running_mean.copy_(model.conv2(torch.sigmoid(model.bn1(model.conv1(x)))).mean((0, 2, 3)))
+        model.bn2.running_var.zero_()
+    keep = torch.tensor([True, False] * 4)
+    rlp.apply_channel_masks(rlp.channel_groups(model, x)[:1], [keep])
+    loose = rlp.slim(model, x, verify=False)
+    with torch.no_grad():
+        masked, sliced = model(x), loose.eval()(x)
+    assert not torch.allclose(masked, sliced, atol=1e-4, rtol=1e-4)  # float32 parts them...
+    assert torch.allclose(model.double()(x.double()), loose.double()(x.double()), atol=1e-4, rtol=1e-4)  # ...float64 not
+    model.float()
+    small = rlp.slim(model, x)  # verified: in float64 the two agree
+    assert small.conv1.out_channels == 4
+    # A wrong slice still fails: see test_verification_names_the_layer_where_outputs_part (its gap survives float64).
