@@ -9,13 +9,15 @@ The data are the shared CIFAR-10 copy, split 45,000 train / 5,000 validation by 
 validation images are the searches' rewards, never the test split). The network is trained once with one fixed
 schedule (SGD, cosine learning rate, random crop and flip), checkpointed after every epoch
 (``torch_rlprune.training.train(checkpoint=...)``), so an interrupted run resumes where it stopped. The result is
-``<out>/dense.pt`` (the weights, the settings, the history, the test accuracy) and the weights at every epoch in
-``<out>/epoch<k>.pt`` (the rewind points of protocol P2); a finished file is reused as it is.
+``<out>/dense.pt`` (the weights, the settings, the history, the test accuracy), the same without the weights in
+``<out>.json`` (``results/dense.json``, kept in git), and the weights at every epoch in ``<out>/epoch<k>.pt`` (the
+rewind points of protocol P2); a finished file is reused as it is.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -25,7 +27,7 @@ import torch
 
 from torch_rlprune.data import Splits, batches, load_data
 from torch_rlprune.models import BasicCNN
-from torch_rlprune._files import atomic_save
+from torch_rlprune._files import atomic_save, atomic_write
 from torch_rlprune.training import evaluate, train
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg"
@@ -73,6 +75,7 @@ def dense_network(args: argparse.Namespace, data: Splits, log: Any = print) -> t
             raise SystemExit(f"{final} was trained with {record['settings']}, not {settings(args)}; "
                              "pass another --dense-dir")  # fmt: skip
         model.load_state_dict(record["state_dict"])
+        _summary(out, record)
         return model.eval(), record
 
     torch.manual_seed(args.seed)
@@ -94,9 +97,16 @@ def dense_network(args: argparse.Namespace, data: Splits, log: Any = print) -> t
               "test_accuracy": evaluate(model, test_loader), "val_accuracy": evaluate(model, batches(data.val, 1000)),
               "seconds": time.perf_counter() - started, "torch_threads": torch.get_num_threads()}  # fmt: skip
     atomic_save(record, final)
+    _summary(out, record)
     (out / "training.ckpt").unlink(missing_ok=True)
     log(f"dense: test accuracy {record['test_accuracy']:.4f}, validation {record['val_accuracy']:.4f}")
     return model.eval(), record
+
+
+def _summary(out: Path, record: dict[str, Any]) -> None:
+    """``<dense-dir>.json`` beside the weights' folder: the record without the weights, small enough for git."""
+    summary = {k: v for k, v in record.items() if k != "state_dict"}
+    atomic_write(out.with_suffix(".json"), lambda f: f.write(json.dumps(summary, indent=1).encode()))
 
 
 def main(argv: list[str] | None = None) -> int:
