@@ -22,6 +22,9 @@ cosine learning rate from ``--finetune-lr``, crop and flip; the same for every m
   random layer widths with L1 inside each layer (the EagleEye baseline), simulated annealing, and
   :class:`torch_rlprune.RLStructuredPruning` with its per-filter policy and with its layer-width policy. Each
   spends ``--finalists`` of its episodes re-scoring its best keep-sets on the next validation batches.
+- ``random-width-snip``, ``rl-filters-snip``, ``rl-widths-snip``: the same searches given the SNIP scores of the
+  validation batches as ``saliency``: the width searches keep each layer's filters of highest SNIP score instead
+  of largest L1 norm, the per-filter policy sees them as one more feature.
 
 The seed is the search's seed and the fine-tuning's (order of the batches, augmentation). The table gives the
 test accuracy, mean ± std over seeds, and for every method the paired per-seed difference to the best baseline of
@@ -64,9 +67,13 @@ def _criterion(**options: Any) -> Callable[..., int]:
     return run
 
 
-def _search(method: type, **options: Any) -> Callable[..., int]:
+def _search(method: type, snip: bool = False, **options: Any) -> Callable[..., int]:
+    """A search; with ``snip``, given SNIP scores on the reward's validation batches as its ``saliency``."""
+
     def run(model: Any, example: torch.Tensor, amount: float, args: argparse.Namespace, reward: Any, seed: int,
             val: tuple[torch.Tensor, torch.Tensor]) -> int:  # fmt: skip
+        if snip:
+            options["saliency"] = rlp.criteria.snip(model, val[0], val[1])
         result = rlp.global_structured(protocol.convs_of(model), method, model=model, example_inputs=example,
                                        amount=amount, min_keep=args.min_keep, reward=reward[0], norms=reward[1],
                                        episodes=args.episodes,
@@ -87,10 +94,13 @@ METHODS: dict[str, Callable[..., int]] = {
     "sa": _search(rlp.SimulatedAnnealingPruning),
     "rl-filters": _search(rlp.RLStructuredPruning, policy="filters"),
     "rl-widths": _search(rlp.RLStructuredPruning, policy="widths"),
+    "random-width-snip": _search(rlp.RandomWidthPruning, snip=True),
+    "rl-filters-snip": _search(rlp.RLStructuredPruning, snip=True, policy="filters"),
+    "rl-widths-snip": _search(rlp.RLStructuredPruning, snip=True, policy="widths"),
 }
-OURS = ("rl-filters", "rl-widths")
+OURS = ("rl-filters", "rl-widths", "rl-filters-snip", "rl-widths-snip")
 #: The methods that can meet a MACs budget: rankings, and searches that propose layer widths.
-MACS_METHODS = ("l1-global", "l1-uniform", "snip", "random-width", "rl-widths")
+MACS_METHODS = ("l1-global", "l1-uniform", "snip", "random-width", "rl-widths", "random-width-snip", "rl-widths-snip")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

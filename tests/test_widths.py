@@ -229,3 +229,19 @@ def test_macs_budget_errors_are_clear():
     with pytest.raises(TypeError, match="needs the whole model"):
         rlp.rl_structured(convs[1][0], "weight", amount=rlp.MACs(0.5), reward=lambda m: 0.0, episodes=2,
                           progress=False)  # fmt: skip
+
+
+@pytest.mark.parametrize("method", ["random_width", "rl_widths"])
+def test_width_searches_rank_filters_by_a_saliency_where_given(method):
+    model, x, convs = basic_setup()
+    g = torch.Generator().manual_seed(5)
+    saliency = {(m, "weight"): torch.rand(m.out_channels, generator=g) for m, _ in convs}
+    kwargs = {"reward": lambda view: 0.0, "episodes": 4, "seed": 0, "progress": False, "saliency": saliency}
+    if method == "rl_widths":
+        kwargs["policy"] = "widths"
+    pruning_method = rlp.RandomWidthPruning if method == "random_width" else rlp.RLStructuredPruning
+    rlp.global_structured(convs, pruning_method, amount=0.6, model=model, example_inputs=x[:1], **kwargs)
+    for m, _ in convs:
+        kept = m.weight_mask.flatten(1).any(1)
+        if 0 < int(kept.sum()) < m.out_channels:
+            assert saliency[(m, "weight")][kept].min() >= saliency[(m, "weight")][~kept].max()

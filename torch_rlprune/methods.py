@@ -443,6 +443,9 @@ class _SearchPruning(prune.BasePruningMethod):
                             "distributed": distributed}  # fmt: skip
         self._target = _target
         self._cost: tuple[Callable[[torch.Tensor], int], float] | None = None  # a MACs budget, see search_groups
+        # The features' column that width searches rank filters by inside a group: relative L1 unless a saliency
+        # was given to search_groups (then its column, the last).
+        self._rank_column = 0
         #: the :class:`~torch_rlprune.search.SearchResult` of the last search
         self.result: SearchResult | None = None
 
@@ -554,6 +557,7 @@ class _SearchPruning(prune.BasePruningMethod):
         check_budget(sizes, n_prune, floors, type(self).__name__, self.round_to)
         rows = torch.cat([a for a in alive])
         features = filter_features(model, groups, saliency=self.options.get("saliency"))[rows]
+        self._rank_column = features.shape[1] - 1 if self.options.get("saliency") is not None else 0
         evaluator = CandidateEvaluator(model, groups, example_inputs, norms=self.norms, mode=self.evaluation)
         bounds = torch.tensor([0, *sizes]).cumsum(0).tolist()
 
@@ -572,9 +576,10 @@ class _SearchPruning(prune.BasePruningMethod):
         self._cost = None
         if budget is not None:
             macs_of, most = budget
-            # Column 0 of the features is the filter's L1 norm relative to its layer's mean: the width searches
-            # keep the largest in each group, so a count per group is a keep-set, and it has MACs.
-            self._cost = (lambda counts: macs_of(unflatten(keep_top(counts[None], features[:, 0], sizes)[0])), most)
+            # The width searches keep the highest-ranked filters of each group, so a count per group is a keep-set,
+            # and it has MACs.
+            ranking = features[:, self._rank_column]
+            self._cost = (lambda counts: macs_of(unflatten(keep_top(counts[None], ranking, sizes)[0])), most)
         device = device_of(model)
         with evaluator.active():
             result = self.search(features, sizes, sum(sizes) - n_prune, floors, evaluate, device)
@@ -645,8 +650,9 @@ class RLStructuredPruning(_SearchPruning):
         final_reward (callable, optional): the reward the finalists are re-scored with, on validation batches
             that ``reward`` does not use. Needed with ``finalists``.
         saliency (dict, optional): per-filter scores keyed by ``(conv, "weight")``, such as
-            :func:`torch_rlprune.criteria.snip` returns, given to the policy as one more feature per filter (see
-            :func:`torch_rlprune.search.features.filter_features`); used by :func:`global_structured` only.
+            :func:`torch_rlprune.criteria.snip` returns: with ``policy="filters"`` one more feature per filter for
+            the policy (see :func:`torch_rlprune.search.features.filter_features`), with ``policy="widths"`` the
+            ranking each group keeps the top of (instead of L1 norms); used by :func:`global_structured` only.
         lr, entropy_coef, baseline, baseline_decay, hidden: options of the controller (see
             :class:`~torch_rlprune.search.controller.ReinforceController`).
 
@@ -668,7 +674,7 @@ class RLStructuredPruning(_SearchPruning):
     default_batch = 8
     #: the options each ``policy`` takes (besides ``policy`` itself)
     policy_options = {"filters": ("lr", "entropy_coef", "baseline", "baseline_decay", "hidden", "saliency"),
-                      "widths": ("lr", "std", "min_std", "max_std")}  # fmt: skip
+                      "widths": ("lr", "std", "min_std", "max_std", "saliency")}  # fmt: skip
     option_names = ("policy", *dict.fromkeys(o for names in policy_options.values() for o in names))
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -687,9 +693,8 @@ class RLStructuredPruning(_SearchPruning):
     def _strategy(self, features, group_sizes, n_keep, min_keep, device):  # type: ignore[no-untyped-def]
         options = {k: v for k, v in self.options.items() if k not in ("saliency", "policy")}
         if self.policy == "widths":
-            # Column 0 of both callers' features is the filter's L1 norm relative to its layer's mean.
-            return WidthReinforceStrategy(group_sizes, n_keep, min_keep, features[:, 0], seed=self.seed,
-                                          **self._width_budget(), **options)  # fmt: skip
+            return WidthReinforceStrategy(group_sizes, n_keep, min_keep, features[:, self._rank_column],
+                                          seed=self.seed, **self._width_budget(), **options)  # fmt: skip
         controller = ReinforceController(features, group_sizes, n_keep, min_keep, seed=self.seed, device=device,
                                          **options)  # fmt: skip
         return ReinforceStrategy(controller)
@@ -765,6 +770,9 @@ class RandomWidthPruning(_SearchPruning):
     Args:
         low (float): smallest keep fraction drawn. Default: 0.05.
         high (float): largest keep fraction drawn. Default: 1.0.
+        saliency (dict, optional): per-filter scores keyed by ``(conv, "weight")``, such as
+            :func:`torch_rlprune.criteria.snip` returns: each group keeps its filters of highest saliency instead of
+            largest L1 norm (through :func:`global_structured`).
 
     Example:
         >>> import torch
@@ -780,12 +788,13 @@ class RandomWidthPruning(_SearchPruning):
     """
 
     kind = "random-width"
-    option_names = ("low", "high")
+    option_names = ("low", "high", "saliency")
     widths_only = True
 
     def _strategy(self, features, group_sizes, n_keep, min_keep, device):  # type: ignore[no-untyped-def]
-        return RandomWidthStrategy(group_sizes, n_keep, min_keep, features[:, 0], seed=self.seed,
-                                   **self._width_budget(), **self.options)  # fmt: skip
+        options = {k: v for k, v in self.options.items() if k != "saliency"}
+        return RandomWidthStrategy(group_sizes, n_keep, min_keep, features[:, self._rank_column], seed=self.seed,
+                                   **self._width_budget(), **options)  # fmt: skip
 
 
 #: The search methods by name: what the command's ``--method`` and the benchmarks offer beside the criteria of
