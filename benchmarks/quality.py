@@ -119,6 +119,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--reward", default="acc-recal", choices=list(protocol.REWARDS),
                    help="the searches' reward (default: acc-recal)")  # fmt: skip
     p.add_argument("--out", default=str(DEFAULT_OUT), help=f"results file (default: {DEFAULT_OUT})")
+    p.add_argument("--report", action="store_true", help="print the tables of the runs in --out, run nothing")
     args = p.parse_args(argv)
     try:
         args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
@@ -214,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
                 "episodes": args.episodes, "finalists": args.finalists, "reward": args.reward,
                 "min_keep": args.min_keep}  # fmt: skip
     results = protocol.Results(Path(args.out), settings)
+    if args.report:
+        report(args, results.runs, record["test_accuracy"])
+        return 0
     # The finalists are re-scored on the validation batches after the search's, with the same kind of reward.
     reward = (*protocol.make_reward(args.reward, args, data),
               protocol.make_reward(args.reward, args, data, offset=args.val_batches)[0])  # fmt: skip

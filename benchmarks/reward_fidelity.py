@@ -48,6 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"reward variants (default: all of {','.join(protocol.REWARDS)})")  # fmt: skip
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples (default: 2000)")
     p.add_argument("--out", default=str(DEFAULT_OUT), help=f"results file (default: {DEFAULT_OUT})")
+    p.add_argument("--report", action="store_true", help="print the table of the masks in --out, run nothing")
     args = p.parse_args(argv)
     args.rewards = [r for r in args.rewards.split(",") if r]
     unknown = sorted(set(args.rewards) - set(protocol.REWARDS))
@@ -121,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     settings = {**dense.settings(args), **{k: getattr(args, k) for k in protocol.SETTINGS},
                 "masks": args.masks, "sparsity": args.sparsity}  # fmt: skip
     results = protocol.Results(Path(args.out), settings)
+    if args.report:
+        summary(args, results.runs)
+        return 0
     rewards = {name: protocol.make_reward(name, args, data) for name in args.rewards}
     load = OtherLoad()
     load.start()
