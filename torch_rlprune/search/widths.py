@@ -144,6 +144,13 @@ def keep_top(counts: torch.Tensor, ranking: torch.Tensor, group_sizes: Sequence[
     return rank[None, :] < counts.cpu()[:, group_of]
 
 
+def _keep_for(strategy: Any, fractions: torch.Tensor) -> torch.Tensor:
+    """The keep-sets of a width strategy's fractions: projected onto its budget, the top of its ranking kept."""
+    counts = counts_for_fractions(fractions, strategy.group_sizes, strategy.n_keep, strategy.min_keep,
+                                  cost=strategy.cost, budget=strategy.budget)  # fmt: skip
+    return keep_top(counts, strategy.ranking, strategy.group_sizes)
+
+
 class RandomWidthStrategy(BlindStrategy):
     """Keep fractions drawn uniformly from ``[low, high]`` per group, projected onto the budget, filters by rank.
 
@@ -192,9 +199,7 @@ class RandomWidthStrategy(BlindStrategy):
 
     def propose(self, n: int) -> tuple[torch.Tensor, Any]:
         fractions = self.low + (self.high - self.low) * torch.rand(n, len(self.group_sizes), generator=self.generator)
-        counts = counts_for_fractions(fractions, self.group_sizes, self.n_keep, self.min_keep, cost=self.cost,
-                                      budget=self.budget)  # fmt: skip
-        return keep_top(counts, self.ranking, self.group_sizes), None
+        return _keep_for(self, fractions), None
 
 
 class WidthPolicy(nn.Module):
@@ -305,9 +310,7 @@ class WidthReinforceStrategy:
         self.steps = 0
 
     def _keep(self, z: torch.Tensor) -> torch.Tensor:
-        counts = counts_for_fractions(torch.sigmoid(z), self.group_sizes, self.n_keep, self.min_keep, cost=self.cost,
-                                      budget=self.budget)  # fmt: skip
-        return keep_top(counts, self.ranking, self.group_sizes)
+        return _keep_for(self, torch.sigmoid(z))
 
     def propose(self, n: int) -> tuple[torch.Tensor, Any]:
         z = self.policy.sample(n, self.generator)
