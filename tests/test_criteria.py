@@ -39,7 +39,7 @@ def scores_of(scores, model):
 
 def call(name, model, x, targets=None, init_state=None):
     """Run a criterion with the arguments it needs."""
-    if name in ("bn_scale", "synflow"):
+    if name in ("bn_scale", "bn_output", "synflow"):
         return criteria.get(name)(model, x)
     if name == "snip":
         return criteria.snip(model, x, torch.arange(x.shape[0]) % 2 if targets is None else targets)
@@ -80,6 +80,17 @@ def test_bn_scale_follows_gamma():
     for scores in (criteria.bn_scale(model, X4), criteria.bn_scale(model, groups=groups)):
         assert list(scores) == [(model[0], "weight")]
         assert torch.allclose(scores[(model[0], "weight")], torch.tensor([0.1, 3.0, 1.0]))
+
+
+def test_bn_output_weighs_gamma_by_the_running_spread_and_zeroes_dead_channels():
+    model = tiny()
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([0.1, -3.0, 1.0]))
+        model[1].running_var.copy_(torch.tensor([1.0, 1e-45, 3.0]))  # channel 1 never varied: its norm outputs beta
+    scores = criteria.bn_output(model, X4)[(model[0], "weight")]
+    eps = model[1].eps
+    assert torch.allclose(scores, torch.tensor([0.1 * (1 / (1 + eps)) ** 0.5, 0.0, (3 / (3 + eps)) ** 0.5]))
+    assert criteria.bn_scale(model, X4)[(model[0], "weight")][1] == 3.0  # |gamma| alone keeps the dead channel
 
 
 def test_bn_scale_without_affine_counts_one():
@@ -304,7 +315,7 @@ def test_pruned_filters_score_zero(name):
 
 def test_get_rejects_unknown_names():
     assert criteria.get("snip") is criteria.snip
-    assert set(criteria.CRITERIA) == {"l1", "l2", "random", "bn_scale", "snip", "synflow", "same_sign"}
+    assert set(criteria.CRITERIA) == {"l1", "l2", "random", "bn_scale", "bn_output", "snip", "synflow", "same_sign"}
     with pytest.raises(ValueError, match="unknown criterion 'l3'; known criteria: l1, l2, random"):
         criteria.get("l3")
     with pytest.raises(TypeError, match="must be a str"):
