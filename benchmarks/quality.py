@@ -25,6 +25,8 @@ cosine learning rate from ``--finetune-lr``, crop and flip; the same for every m
 - ``random-width-snip``, ``rl-filters-snip``, ``rl-widths-snip``: the same searches given the SNIP scores of the
   validation batches as ``saliency``: the width searches keep each layer's filters of highest SNIP score instead
   of largest L1 norm, the per-filter policy sees them as one more feature.
+- ``random-width-bnout``, ``rl-widths-bnout``: the width searches ranking by
+  :func:`torch_rlprune.criteria.bn_output` instead, which needs no data.
 
 The seed is the search's seed and the fine-tuning's (order of the batches, augmentation). The table gives the
 test accuracy, mean ± std over seeds, and for every method the paired per-seed difference to the best baseline of
@@ -67,13 +69,16 @@ def _criterion(**options: Any) -> Callable[..., int]:
     return run
 
 
-def _search(method: type, snip: bool = False, **options: Any) -> Callable[..., int]:
-    """A search; with ``snip``, given SNIP scores on the reward's validation batches as its ``saliency``."""
+def _search(method: type, saliency: str | None = None, **options: Any) -> Callable[..., int]:
+    """A search; with ``saliency`` (``"snip"`` on the reward's validation batches, or ``"bn_output"``), given those
+    scores as its ``saliency``."""
 
     def run(model: Any, example: torch.Tensor, amount: float, args: argparse.Namespace, reward: Any, seed: int,
             val: tuple[torch.Tensor, torch.Tensor]) -> int:  # fmt: skip
-        if snip:
+        if saliency == "snip":
             options["saliency"] = rlp.criteria.snip(model, val[0], val[1])
+        elif saliency == "bn_output":
+            options["saliency"] = rlp.criteria.bn_output(model, example)
         result = rlp.global_structured(protocol.convs_of(model), method, model=model, example_inputs=example,
                                        amount=amount, min_keep=args.min_keep, reward=reward[0], norms=reward[1],
                                        episodes=args.episodes,
@@ -94,13 +99,16 @@ METHODS: dict[str, Callable[..., int]] = {
     "sa": _search(rlp.SimulatedAnnealingPruning),
     "rl-filters": _search(rlp.RLStructuredPruning, policy="filters"),
     "rl-widths": _search(rlp.RLStructuredPruning, policy="widths"),
-    "random-width-snip": _search(rlp.RandomWidthPruning, snip=True),
-    "rl-filters-snip": _search(rlp.RLStructuredPruning, snip=True, policy="filters"),
-    "rl-widths-snip": _search(rlp.RLStructuredPruning, snip=True, policy="widths"),
+    "random-width-snip": _search(rlp.RandomWidthPruning, saliency="snip"),
+    "rl-filters-snip": _search(rlp.RLStructuredPruning, saliency="snip", policy="filters"),
+    "rl-widths-snip": _search(rlp.RLStructuredPruning, saliency="snip", policy="widths"),
+    "random-width-bnout": _search(rlp.RandomWidthPruning, saliency="bn_output"),
+    "rl-widths-bnout": _search(rlp.RLStructuredPruning, saliency="bn_output", policy="widths"),
 }
-OURS = ("rl-filters", "rl-widths", "rl-filters-snip", "rl-widths-snip")
+OURS = ("rl-filters", "rl-widths", "rl-filters-snip", "rl-widths-snip", "rl-widths-bnout")
 #: The methods that can meet a MACs budget: rankings, and searches that propose layer widths.
-MACS_METHODS = ("l1-global", "l1-uniform", "snip", "random-width", "rl-widths", "random-width-snip", "rl-widths-snip")
+MACS_METHODS = ("l1-global", "l1-uniform", "snip", "random-width", "rl-widths", "random-width-snip", "rl-widths-snip",
+                "random-width-bnout", "rl-widths-bnout")  # fmt: skip
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -201,7 +201,8 @@ def global_structured(
 
     **Scores.** ``prune.LnStructured`` ranks a channel by the :math:`L_n` norm of all its filters' weights (or
     of ``importance_scores`` where given), ``prune.RandomStructured`` at random, and a criterion name
-    (``"l1"``, ``"l2"``, ``"random"``, ``"bn_scale"``, ``"bn_output"``, ``"snip"``, ``"synflow"``, ``"same_sign"``; see
+    (``"l1"``, ``"l2"``, ``"random"``, ``"bn_scale"``, ``"bn_output"``, ``"snip"``, ``"synflow"``,
+    ``"same_sign"``; see
     :mod:`torch_rlprune.criteria`) by that criterion, summed over a group's convolutions. Layers differ in
     width and weight scale, so before the global ranking every group's scores are divided by the **mean score of
     its alive channels** (``normalize="mean"``; ``"max"``, ``"l2"`` and ``"none"`` are the alternatives): a
