@@ -32,7 +32,7 @@ def masks(method, seed=0):
             p.add_(0.1 * torch.randn_like(p))
         model.train()(x)
     kwargs = {
-        "l1": {}, "l2": {}, "bn_scale": {}, "synflow": {}, "random": {"seed": seed},
+        "l1": {}, "l2": {}, "bn_scale": {}, "bn_output": {}, "synflow": {}, "random": {"seed": seed},
         "snip": {"inputs": x, "targets": y}, "same_sign": {"init_state": init},
         "LnStructured": {"n": 1}, "RandomStructured": {"seed": seed},
     }.get(method)  # fmt: skip
