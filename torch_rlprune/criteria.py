@@ -243,7 +243,7 @@ def random(model: nn.Module, *, seed: int | None = None) -> Scores:
 
 
 def _gamma(group: ChannelGroup, spread: bool = False) -> torch.Tensor:
-    """Per channel of ``group``, the summed :math:`|\gamma|` of its norms; with ``spread``, each times the share of
+    r"""Per channel of ``group``, the summed :math:`|\gamma|` of its norms; with ``spread``, each times the share of
     the channel's running standard deviation that survives the normalisation, :math:`\sqrt{v / (v + \epsilon)}`."""
     total = torch.zeros(group.size)
     for member in group.norms:
