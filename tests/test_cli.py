@@ -318,7 +318,7 @@ def test_overwrite_and_tensorboard(quick_run, tmp_path, monkeypatch):
     writer = FakeWriter.made[-1]
     assert writer.closed and writer.log_dir == str(tmp_path / "tb")
     tags = [tag for tag, _, _ in writer.scalars]
-    assert tags.count("search/reward") == 16 and "search/entropy" in tags and "kept/group0" in tags
+    assert tags.count("search/reward") == 16 and "search/width_std" in tags and "kept/group0" in tags
     assert "dense/loss" in tags and "pruned/accuracy" in tags
 
 

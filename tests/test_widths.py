@@ -3,8 +3,9 @@ import torch
 from torch import nn
 
 import torch_rlprune as rlp
-from torch_rlprune.search import run_search
+from torch_rlprune.search import RandomStrategy, run_search
 from torch_rlprune.search.widths import (
+    FilterOrder,
     RandomWidthStrategy,
     WidthReinforceStrategy,
     counts_for_fractions,
@@ -62,9 +63,11 @@ def noisy_width_reward(keep, generator, sizes=(16, 16, 16, 16), best=(0.1, 0.2, 
     return float(-(share - torch.tensor(best, dtype=torch.float64)).abs().sum() + 0.1 * torch.randn((), generator=generator))
 
 
-def test_width_reinforce_learns_widths_from_a_noisy_reward():
+@pytest.mark.parametrize("filters", ["learned", "ranked"])
+def test_width_reinforce_learns_widths_from_a_noisy_reward(filters):
     sizes = [16, 16, 16, 16]
-    strategy = WidthReinforceStrategy(sizes, n_keep=20, min_keep=[1] * 4, ranking=torch.zeros(64), seed=0)
+    strategy = WidthReinforceStrategy(sizes, n_keep=20, min_keep=[1] * 4, ranking=torch.zeros(64), seed=0,
+                                      filters=filters)  # fmt: skip
     start = strategy.best_guess().view(4, 16).sum(1)
     noise = torch.Generator().manual_seed(1)
     run_search(strategy, lambda k: noisy_width_reward(k, noise), episodes=480, batch=8, progress=False)
@@ -81,14 +84,17 @@ def test_width_reinforce_checkpoint_continues_exactly(tmp_path):
     def reward(keep):
         return float(keep[8:].sum())
 
-    def fresh():
-        return WidthReinforceStrategy(sizes, n_keep=6, min_keep=[1, 1], ranking=torch.arange(16.0), seed=3)
+    def fresh(filters="learned"):
+        return WidthReinforceStrategy(sizes, n_keep=6, min_keep=[1, 1], ranking=torch.arange(16.0), seed=3,
+                                      filters=filters)  # fmt: skip
 
     whole = run_search(fresh(), reward, episodes=40, batch=4, progress=False)
     run_search(fresh(), reward, episodes=20, batch=4, progress=False, checkpoint=tmp_path / "s.ckpt")
     resumed = run_search(fresh(), reward, episodes=40, batch=4, progress=False, resume=tmp_path / "s.ckpt")
     assert [r["reward"] for r in resumed.history] == [r["reward"] for r in whole.history]
     assert torch.equal(resumed.best_keep, whole.best_keep)
+    with pytest.raises(ValueError, match="another `filters` option"):
+        run_search(fresh("ranked"), reward, episodes=40, batch=4, progress=False, resume=tmp_path / "s.ckpt")
 
 
 def test_width_reinforce_learns_nothing_from_one_episode_and_refuses_bad_options():
@@ -101,6 +107,48 @@ def test_width_reinforce_learns_nothing_from_one_episode_and_refuses_bad_options
         WidthReinforceStrategy([4], 2, [1], torch.zeros(4), lr=0)
     with pytest.raises(ValueError, match="min_std <= std <= max_std"):
         WidthReinforceStrategy([4], 2, [1], torch.zeros(4), std=2.0)
+    with pytest.raises(ValueError, match="filters must be 'learned' or 'ranked'"):
+        WidthReinforceStrategy([4], 2, [1], torch.zeros(4), filters="top")
+
+
+@pytest.mark.parametrize("counts", [[1, 2], [2, 3], [0, 1]])
+def test_filter_order_log_prob_is_that_of_the_ordered_prefix(counts):
+    import itertools
+    import math
+
+    ranking = torch.tensor([0.3, 0.9, 0.1, 0.5, 0.7])
+    order = FilterOrder(ranking, [2, 3], spread=2.0)
+    counts = torch.tensor([counts])
+    logits = order.logit.detach().double()
+
+    def prefix_prob(group, prefix):
+        left, p = list(group), 1.0
+        for j in prefix:
+            p *= math.exp(logits[j]) / sum(math.exp(logits[k]) for k in left)
+            left.remove(j)
+        return p
+
+    # Every ordered prefix of every group, as positions within the group: their probabilities sum to 1.
+    groups = [[0, 1], [2, 3, 4]]
+    total, by_keep = 0.0, {}
+    for a in itertools.permutations(range(2), int(counts[0, 0])):
+        for b in itertools.permutations(range(3), int(counts[0, 1])):
+            p = prefix_prob(groups[0], a) * prefix_prob(groups[1], [2 + j for j in b])
+            orders = torch.tensor([[*a, *[j for j in range(2) if j not in a], *b, *[j for j in range(3) if j not in b]]])
+            assert math.isclose(order.log_prob(orders, counts).exp().item(), p, rel_tol=1e-5)
+            total += p
+            kept = (frozenset(a), frozenset(b))
+            by_keep[kept] = by_keep.get(kept, 0.0) + p
+    assert math.isclose(total, 1.0, rel_tol=1e-6)
+    # Drawn keep-sets follow those probabilities.
+    keep, _ = order.sample(counts.expand(20000, 2), torch.Generator().manual_seed(0))
+    for (a, b), p in by_keep.items():
+        want = torch.zeros(5, dtype=torch.bool)
+        want[list(a)] = True
+        want[[2 + j for j in b]] = True
+        assert abs(float((keep == want).all(1).double().mean()) - p) < 0.015
+    # The best-ranked filter starts with the highest logit; ties share one.
+    assert FilterOrder(torch.tensor([1.0, 1.0, 0.0]), [3]).logit.tolist() == [30.0, 30.0, 0.0]
 
 
 def basic_model_and_reward(seed=0):
@@ -115,11 +163,12 @@ def test_rl_with_the_width_policy_prunes_through_global_structured():
     convs = [(m, "weight") for m in model.modules() if isinstance(m, nn.Conv2d)]
     l1 = torch.cat([m.weight.detach().flatten(1).abs().sum(1) for m, _ in convs])
     result = rlp.global_structured(convs, rlp.RLStructuredPruning, amount=0.6, model=model, example_inputs=x[:1],
-                                   reward=reward, episodes=24, seed=0, progress=False, policy="widths", lr=0.2)
+                                   reward=reward, episodes=24, seed=0, progress=False, filters="ranked", lr=0.2)
     kept = torch.cat([m.weight_mask.flatten(1).any(1) for m, _ in convs])
     assert result.evaluations == 24 and int(kept.sum()) == 96
     assert {"mean_reward", "width_std"} <= set(result.history[-1])
-    # Inside each layer the largest filters are kept, whatever the widths.
+    # Inside each layer the largest filters are kept, whatever the widths: at initialisation every filter has the
+    # same bn_output (the default ranking), and L1 decides.
     offset = 0
     for m, _ in convs:
         n = m.out_channels
@@ -143,9 +192,9 @@ def test_policy_option_errors_name_the_policy():
     with pytest.raises(ValueError, match="policy must be one of 'filters', 'widths'"):
         rlp.RLStructuredPruning(0.5, reward=lambda m: 0.0, policy="layers")
     with pytest.raises(TypeError, match="hidden are not options of policy='widths'"):
-        rlp.RLStructuredPruning(0.5, reward=lambda m: 0.0, policy="widths", hidden=8)
+        rlp.RLStructuredPruning(0.5, reward=lambda m: 0.0, hidden=8)  # the default policy
     with pytest.raises(TypeError, match="std are not options of policy='filters'"):
-        rlp.RLStructuredPruning(0.5, reward=lambda m: 0.0, std=0.3)
+        rlp.RLStructuredPruning(0.5, reward=lambda m: 0.0, policy="filters", std=0.3)
 
 
 def test_rank_normalisation_prunes_every_group_alike():
@@ -238,10 +287,93 @@ def test_width_searches_rank_filters_by_a_saliency_where_given(method):
     saliency = {(m, "weight"): torch.rand(m.out_channels, generator=g) for m, _ in convs}
     kwargs = {"reward": lambda view: 0.0, "episodes": 4, "seed": 0, "progress": False, "saliency": saliency}
     if method == "rl_widths":
-        kwargs["policy"] = "widths"
+        kwargs["filters"] = "ranked"
     pruning_method = rlp.RandomWidthPruning if method == "random_width" else rlp.RLStructuredPruning
     rlp.global_structured(convs, pruning_method, amount=0.6, model=model, example_inputs=x[:1], **kwargs)
     for m, _ in convs:
         kept = m.weight_mask.flatten(1).any(1)
         if 0 < int(kept.sum()) < m.out_channels:
             assert saliency[(m, "weight")][kept].min() >= saliency[(m, "weight")][~kept].max()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Synthetic problems with a known optimum (1.0), searched as RLStructuredPruning does by default: the width policy
+# with learned filters, its default number of episodes in its default batches.
+# ---------------------------------------------------------------------------------------------------------------
+
+SYNTHETIC_SIZES, SYNTHETIC_KEEP = [50, 50, 50, 50], 60
+
+
+def default_budget():
+    method = rlp.RLStructuredPruning(0.5, reward=lambda m: 0.0)
+    assert method.policy == "widths"
+    return {"episodes": method.episodes, "batch": method.batch}
+
+
+def widths_score(keep, best=(0.1, 0.2, 0.3, 0.4)):
+    """1 when the groups keep filters in the proportions ``best``, less by half the L1 distance of the shares."""
+    share = keep.view(-1, 50).sum(1).double() / SYNTHETIC_KEEP
+    return float(1 - 0.5 * (share - torch.tensor(best, dtype=torch.float64)).abs().sum())
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_default_rl_finds_the_best_widths_of_a_noisy_problem():
+    noise = torch.Generator().manual_seed(1)
+    strategy = WidthReinforceStrategy(SYNTHETIC_SIZES, SYNTHETIC_KEEP, [1] * 4, torch.zeros(200), seed=0)
+    start = widths_score(strategy.best_guess())
+    run_search(strategy, lambda k: widths_score(k) + 0.05 * float(torch.randn((), generator=noise)),
+               progress=False, **default_budget())  # fmt: skip
+    assert start == pytest.approx(0.8)  # uniform widths
+    assert widths_score(strategy.best_guess()) >= 0.9
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_default_rl_learns_which_filters_a_planted_problem_wants():
+    hidden = torch.zeros(200, dtype=torch.bool)
+    g = torch.Generator().manual_seed(7)
+    for layer in range(4):  # 30% of every layer's filters, so the best widths are the uniform ones
+        hidden[50 * layer + torch.randperm(50, generator=g)[:15]] = True
+
+    def planted(keep):
+        return float((keep & hidden).sum()) / SYNTHETIC_KEEP
+
+    def search(strategy):
+        return run_search(strategy, planted, progress=False, **default_budget()).best_reward
+
+    # The ranking says nothing here (all ties), so only learning the filters can find them.
+    learned = search(WidthReinforceStrategy(SYNTHETIC_SIZES, SYNTHETIC_KEEP, [1] * 4, torch.zeros(200), seed=0))
+    ranked = search(WidthReinforceStrategy(SYNTHETIC_SIZES, SYNTHETIC_KEEP, [1] * 4, torch.zeros(200), seed=0,
+                                           filters="ranked"))  # fmt: skip
+    random = search(RandomStrategy(SYNTHETIC_SIZES, SYNTHETIC_KEEP, [1] * 4, seed=0))
+    assert learned >= 0.85, learned
+    assert ranked < 0.5 and random < 0.6, (ranked, random)
+
+
+def test_the_default_width_search_ranks_by_bn_output_and_without_norms_by_l1():
+    model, x, convs = basic_setup()
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    g = torch.Generator().manual_seed(3)
+    dead = [torch.rand(bn.num_features, generator=g) < 0.5 for bn in bns]
+    with torch.no_grad():
+        for bn, d in zip(bns, dead):  # channels that never fired: their norm outputs a constant
+            bn.running_var[d] = 0.0
+    rlp.global_structured(convs, rlp.RLStructuredPruning, amount=0.5, model=model, example_inputs=x[:1],
+                          reward=lambda view: 0.0, episodes=4, seed=0, progress=False, filters="ranked")  # fmt: skip
+    for (m, _), d in zip(convs, dead):
+        kept = m.weight_mask.flatten(1).any(1)
+        if int(kept.sum()) <= int((~d).sum()):
+            assert not (kept & d).any()  # a live channel is kept before any dead one
+        else:
+            assert kept[~d].all()
+
+    # Without batch norms there is no bn_output: the largest-L1 filters are kept.
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2))
+    plain(x[:1])
+    pairs = [(m, "weight") for m in plain if isinstance(m, nn.Conv2d)]
+    rlp.global_structured(pairs, rlp.RLStructuredPruning, amount=0.5, model=plain, example_inputs=x[:1],
+                          reward=lambda view: 0.0, episodes=4, seed=0, progress=False, filters="ranked")  # fmt: skip
+    for m, _ in pairs:
+        kept, l1 = m.weight_mask.flatten(1).any(1), m.weight_orig.detach().flatten(1).abs().sum(1)
+        if 0 < int(kept.sum()) < m.out_channels:
+            assert l1[kept].min() >= l1[~kept].max()

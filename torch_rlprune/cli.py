@@ -223,8 +223,9 @@ def _add_pipeline(parser: argparse.ArgumentParser, *, single: bool) -> None:
                        help=f"re-estimate every candidate's batch-norm statistics on N training batches before its "
                        f"reward (adaptive BN); 0: off (default: {d.recalibrate})")  # fmt: skip
     prune.add_argument("--policy", choices=pl.POLICIES,
-                       help=f"the REINFORCE policy of --method rl: filters (a logit per filter) or widths (a keep "
-                       f"fraction per layer, largest-L1 filters inside) (default: {d.policy})")  # fmt: skip
+                       help=f"the REINFORCE policy of --method rl: widths (a keep fraction per layer, the filters "
+                       f"inside learnt from their bn_output ranking) or filters (a logit per filter) "
+                       f"(default: {d.policy})")  # fmt: skip
     prune.add_argument("--min-keep", type=_min_keep, metavar="N|F",
                        help=f"filters every layer keeps at least: a count (1) or a fraction of the layer (0.05) "
                        f"(default: {d.min_keep})")  # fmt: skip

@@ -557,8 +557,11 @@ class _SearchPruning(prune.BasePruningMethod):
         floors = keep_floors(keep_min, sizes, self.round_to)
         check_budget(sizes, n_prune, floors, type(self).__name__, self.round_to)
         rows = torch.cat([a for a in alive])
-        features = filter_features(model, groups, saliency=self.options.get("saliency"))[rows]
-        self._rank_column = features.shape[1] - 1 if self.options.get("saliency") is not None else 0
+        saliency = self.options.get("saliency")
+        if saliency is None and self.ranks_by_bn_output:
+            saliency = _bn_output_of(model, groups, example_inputs)
+        features = filter_features(model, groups, saliency=saliency)[rows]
+        self._rank_column = features.shape[1] - 1 if saliency is not None else 0
         evaluator = CandidateEvaluator(model, groups, example_inputs, norms=self.norms, mode=self.evaluation)
         bounds = torch.tensor([0, *sizes]).cumsum(0).tolist()
 
@@ -579,7 +582,7 @@ class _SearchPruning(prune.BasePruningMethod):
             macs_of, most = budget
             # The width searches keep the highest-ranked filters of each group, so a count per group is a keep-set,
             # and it has MACs.
-            ranking = features[:, self._rank_column]
+            ranking = self._ranking(features)
             self._cost = (lambda counts: macs_of(unflatten(keep_top(counts[None], ranking, sizes)[0])), most)
         device = device_of(model)
         with evaluator.active():
@@ -588,10 +591,28 @@ class _SearchPruning(prune.BasePruningMethod):
 
     #: whether the method proposes layer widths, and so can size them to a MACs budget
     widths_only = False
+    #: whether, given no ``saliency``, it ranks a model's filters by :func:`~torch_rlprune.criteria.bn_output`
+    #: where batch norms follow all of them (through :func:`global_structured`), instead of by L1 norm
+    ranks_by_bn_output = False
+
+    def _ranking(self, features: torch.Tensor) -> torch.Tensor:
+        """What width searches rank filters by inside a group: the saliency column if any, else relative L1."""
+        column = features[:, self._rank_column]
+        # L1 breaks the saliency's ties: at initialisation bn_output is the same for every filter (gamma 1, var 1).
+        return column if self._rank_column == 0 else column + 1e-3 * features[:, 0]
 
     def _width_budget(self) -> dict[str, Any]:
         """The ``cost`` and ``budget`` options of a width strategy: the MACs budget of the search, if any."""
         return {} if self._cost is None else {"cost": self._cost[0], "budget": self._cost[1]}
+
+
+def _bn_output_of(model: nn.Module, groups: Sequence[ChannelGroup], example_inputs: ExampleInputs) -> ImportanceScores | None:
+    """:func:`criteria.bn_output`'s scores if a batch norm follows some filter of every group, else ``None``."""
+    try:
+        scores = criteria.bn_output(model, example_inputs)
+    except ValueError:  # no batch norm anywhere
+        return None
+    return scores if all(any((m.module, "weight") in scores for m in g.filters) for g in groups) else None
 
 
 def _relative(values: torch.Tensor) -> torch.Tensor:
@@ -602,15 +623,25 @@ def _relative(values: torch.Tensor) -> torch.Tensor:
 class RLStructuredPruning(_SearchPruning):
     r"""Prune the filters that a REINFORCE controller learns to drop, rewarded by the pruned network's quality.
 
-    The action is a keep-set of exactly the budgeted number of filters (and at least ``min_keep`` per layer),
-    sampled without replacement from a Plackett-Luce policy by the Gumbel-top-k trick; its exact
-    log-probability is that of the sampled sequence of draws, so the REINFORCE estimate
-    :math:`(R - b)\,\nabla \log p(\text{action})` is unbiased (unlike a deterministic top-k over a softmax, whose
-    log-probability is not that of the action taken). The policy is a small network shared across filters that
-    maps per-filter features (relative L1 norm, BN scale, layer depth and width; see
-    :func:`torch_rlprune.search.features.filter_features`) to logits, plus a learnable per-filter term; it is trained
-    with Adam, a moving-average baseline and an entropy bonus, ``batch`` episodes per update (see
-    :class:`torch_rlprune.search.controller.ReinforceController`). The best keep-set seen becomes the mask.
+    The action is a keep-set of exactly the budgeted number of filters (and at least ``min_keep`` per layer) with
+    an exact log-probability, so that the REINFORCE estimate :math:`(R - b)\,\nabla \log p(\text{action})` is
+    unbiased. Two policies draw it:
+
+    - ``policy="widths"``, the default through :func:`global_structured`: a keep fraction per channel group
+      (Gaussian logits, projected onto the budget), and inside each group the filters drawn without replacement
+      from a Plackett-Luce policy whose logits start from a ranking, :func:`torch_rlprune.criteria.bn_output`
+      where batch norms follow the filters (it needs no data and ranks channels that never fire last), else the
+      L1 norm (``filters="learned"``); ``filters="ranked"`` keeps each group's top of the ranking instead.
+      Rewards are standardised within each batch. See :class:`torch_rlprune.search.widths.WidthReinforceStrategy`.
+    - ``policy="filters"``, the default for one tensor (:meth:`apply`, :func:`rl_structured`, which have one
+      width): a Plackett-Luce policy over all filters, drawn by the Gumbel-top-k trick, whose logits come from a
+      small network shared across filters fed per-filter features (relative L1 norm, BN scale, layer depth and
+      width; see :func:`torch_rlprune.search.features.filter_features`) plus a learnable per-filter term; trained
+      with Adam, a moving-average baseline and an entropy bonus (see
+      :class:`torch_rlprune.search.controller.ReinforceController`).
+
+    Either is updated every ``batch`` episodes; the best keep-set seen becomes the mask. Why the width policy is
+    the default, with the numbers: ``docs/search.rst``, "Which reward and which policy".
 
     Through :func:`torch_rlprune.global_structured` the search runs over the channel groups of a whole model and
     each candidate is evaluated without a copy of the model (see :class:`torch_rlprune.search.evaluation.CandidateModel`):
@@ -650,11 +681,15 @@ class RLStructuredPruning(_SearchPruning):
             overrated; fresh data is not). Default: 0.
         final_reward (callable, optional): the reward the finalists are re-scored with, on validation batches
             that ``reward`` does not use. Needed with ``finalists``.
+        policy (str): ``"widths"`` or ``"filters"``, as above. Default: ``"widths"`` through
+            :func:`global_structured`, ``"filters"`` for one tensor.
         saliency (dict, optional): per-filter scores keyed by ``(conv, "weight")``, such as
             :func:`torch_rlprune.criteria.snip` returns: with ``policy="filters"`` one more feature per filter for
             the policy (see :func:`torch_rlprune.search.features.filter_features`), with ``policy="widths"`` the
-            ranking each group keeps the top of (instead of L1 norms); used by :func:`global_structured` only.
-        lr, entropy_coef, baseline, baseline_decay, hidden: options of the controller (see
+            ranking inside each group (instead of ``bn_output`` or L1); used by :func:`global_structured` only.
+        filters, lr, std, min_std, max_std: options of the width policy (see
+            :class:`~torch_rlprune.search.widths.WidthReinforceStrategy`).
+        lr, entropy_coef, baseline, baseline_decay, hidden: options of the per-filter policy (see
             :class:`~torch_rlprune.search.controller.ReinforceController`).
 
     Example:
@@ -675,12 +710,13 @@ class RLStructuredPruning(_SearchPruning):
     default_batch = 8
     #: the options each ``policy`` takes (besides ``policy`` itself)
     policy_options = {"filters": ("lr", "entropy_coef", "baseline", "baseline_decay", "hidden", "saliency"),
-                      "widths": ("lr", "std", "min_std", "max_std", "saliency")}  # fmt: skip
+                      "widths": ("filters", "lr", "std", "min_std", "max_std", "saliency")}  # fmt: skip
     option_names = ("policy", *dict.fromkeys(o for names in policy_options.values() for o in names))
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        policy = self.options.get("policy", "filters")
+        # One tensor has one width: what there is to learn is which filters it keeps.
+        policy = self.options.get("policy", "widths" if self._target is None else "filters")
         if policy not in self.policy_options:
             raise ValueError(f"RLStructuredPruning: policy must be one of {', '.join(map(repr, self.policy_options))}, "
                              f"got {policy!r}.")  # fmt: skip
@@ -689,12 +725,12 @@ class RLStructuredPruning(_SearchPruning):
             raise TypeError(f"RLStructuredPruning: {', '.join(other)} are not options of policy={policy!r}; it takes "
                             f"{', '.join(self.policy_options[policy])}.")  # fmt: skip
         self.policy = policy
-        self.widths_only = policy == "widths"
+        self.widths_only = self.ranks_by_bn_output = policy == "widths"
 
     def _strategy(self, features, group_sizes, n_keep, min_keep, device):  # type: ignore[no-untyped-def]
         options = {k: v for k, v in self.options.items() if k not in ("saliency", "policy")}
         if self.policy == "widths":
-            return WidthReinforceStrategy(group_sizes, n_keep, min_keep, features[:, self._rank_column],
+            return WidthReinforceStrategy(group_sizes, n_keep, min_keep, self._ranking(features),
                                           seed=self.seed, **self._width_budget(), **options)  # fmt: skip
         controller = ReinforceController(features, group_sizes, n_keep, min_keep, seed=self.seed, device=device,
                                          **options)  # fmt: skip
@@ -794,7 +830,7 @@ class RandomWidthPruning(_SearchPruning):
 
     def _strategy(self, features, group_sizes, n_keep, min_keep, device):  # type: ignore[no-untyped-def]
         options = {k: v for k, v in self.options.items() if k != "saliency"}
-        return RandomWidthStrategy(group_sizes, n_keep, min_keep, features[:, self._rank_column], seed=self.seed,
+        return RandomWidthStrategy(group_sizes, n_keep, min_keep, self._ranking(features), seed=self.seed,
                                    **self._width_budget(), **options)  # fmt: skip
 
 

@@ -73,9 +73,9 @@ class PipelineConfig:
         recalibrate (int): training batches that re-estimate every candidate's batch-norm statistics before its
             reward (:class:`torch_rlprune.rewards.Recalibrated`); 0 evaluates with each validation batch's own
             statistics. Default: 0.
-        policy (str): the REINFORCE policy of ``method="rl"``: ``"filters"`` (one logit per filter) or
-            ``"widths"`` (one keep fraction per layer, the largest-L1 filters inside; see
-            :class:`torch_rlprune.RLStructuredPruning`). Default: ``"filters"``.
+        policy (str): the REINFORCE policy of ``method="rl"``: ``"widths"`` (one keep fraction per layer, the
+            filters inside learnt from their :func:`~torch_rlprune.criteria.bn_output` ranking) or ``"filters"``
+            (one logit per filter); see :class:`torch_rlprune.RLStructuredPruning`. Default: ``"widths"``.
         rewind_epoch (int): ``k``, the epoch whose weights the mask is searched at (0: at init). Default: 2.
         rewind_to (str): ``"init"`` or ``"k"``: where the kept filters are rewound before the final training.
             Default: ``"init"``.
@@ -106,7 +106,7 @@ class PipelineConfig:
     reward: str = "accuracy"
     reward_batches: int = 2
     recalibrate: int = 0
-    policy: str = "filters"
+    policy: str = "widths"
     rewind_epoch: int = 2
     rewind_to: str = "init"
     epochs: int = 8

@@ -12,7 +12,10 @@ the gradient estimate unbiased for the expected reward of the keep-sets they giv
 - :class:`RandomWidthStrategy`: uniformly random fractions, the EagleEye baseline (best of many random widths).
 - :class:`WidthReinforceStrategy`: REINFORCE over a Gaussian policy on the logits of the fractions
   (:class:`WidthPolicy`), with rewards standardised within each batch so that a noisy reward moves each
-  width's logit by about ``lr`` per update whatever its scale.
+  width's logit by about ``lr`` per update whatever its scale. With ``filters="learned"`` (its default) the
+  filters inside each group are part of the action too: drawn without replacement from a Plackett-Luce policy
+  whose per-filter logits start from the ranking (:class:`FilterOrder`), so that the search starts where the
+  ranking is and can still learn which filters matter where the ranking is wrong.
 """
 
 from __future__ import annotations
@@ -26,7 +29,12 @@ from torch import nn
 
 from .strategies import BlindStrategy, seeded_generator
 
-__all__ = ["counts_for_fractions", "keep_top", "RandomWidthStrategy", "WidthPolicy", "WidthReinforceStrategy"]
+__all__ = ["counts_for_fractions", "keep_top", "RandomWidthStrategy", "WidthPolicy", "FilterOrder",
+           "WidthReinforceStrategy"]
+
+
+#: the filter logits' learning rate, as a multiple of the widths' ``lr``
+FILTER_LR_RATIO = 3.0
 
 
 def counts_for_fractions(
@@ -235,6 +243,76 @@ class WidthPolicy(nn.Module):
         return torch.distributions.Normal(self.mean, self.log_std.exp()).log_prob(z).sum(1)
 
 
+class FilterOrder(nn.Module):
+    r"""A Plackett-Luce policy over the order of the filters inside each group, started from a ranking.
+
+    Every filter has a logit :math:`l_j`; a group's order is drawn without replacement with probabilities
+    proportional to :math:`e^{l_j}` (by the Gumbel-top-k trick), and a group keeping :math:`c` filters keeps the
+    first :math:`c` drawn. The log-probability of that ordered prefix,
+    :math:`\sum_{i<c} \big(l_{o_i} - \log \sum_{k \ge i} e^{l_{o_k}}\big)`, is exact, so REINFORCE over it is
+    unbiased for the expected reward of the kept sets. The logits start at ``spread`` times each filter's
+    percentile in its group's ranking (ties share one), so the top of the ranking is drawn first most of the
+    time; a filter ``k`` places below a group's cut-off is kept in place of the last one kept about
+    :math:`1/(1 + e^{\text{spread} \cdot k / (\text{size} - 1)})` of the time, so the draws explore around the
+    cut-off and learning moves filters across it.
+
+    Args:
+        ranking (torch.Tensor): ``[N]`` per-filter scores, higher first.
+        group_sizes (sequence of int): filters per group, summing to ``N``.
+        spread (float): the logit gap between a group's best and worst ranked filter. Default: 40.
+
+    Example:
+        >>> import torch
+        >>> order = FilterOrder(torch.tensor([0.1, 0.9, 0.5, 0.2, 0.7]), [2, 3], spread=0.0)
+        >>> keep, orders = order.sample(torch.tensor([[1, 2]]), torch.Generator().manual_seed(0))
+        >>> keep.sum().item(), round(order.log_prob(orders, torch.tensor([[1, 2]])).exp().item(), 4)  # 1/2 * 1/6
+        (3, 0.0833)
+    """
+
+    def __init__(self, ranking: torch.Tensor, group_sizes: Sequence[int], spread: float = 40.0) -> None:
+        super().__init__()
+        self.group_sizes = list(group_sizes)
+        logits = []
+        for scores in ranking.detach().cpu().double().split(self.group_sizes):
+            ordered = scores.sort().values
+            below = torch.searchsorted(ordered, scores, right=False)
+            upto = torch.searchsorted(ordered, scores, right=True)
+            percentile = (below + upto - 1).double() / 2 / max(len(scores) - 1, 1)
+            logits.append(spread * percentile)
+        self.logit = nn.Parameter(torch.cat(logits).float())
+
+    def sample(self, counts: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[n, N]`` keep-sets holding ``counts[:, g]`` filters drawn from each group ``g``, and the ``[n, N]``
+        orders drawn (each group's positions, best first, within the group)."""
+        n = len(counts)
+        uniform = torch.rand(n, self.logit.numel(), generator=generator).clamp_(1e-12, 1 - 1e-12)
+        keys = self.logit.detach() - torch.log(-torch.log(uniform))
+        orders = torch.cat([k.argsort(1, descending=True) for k in keys.split(self.group_sizes, 1)], 1)
+        keep = torch.zeros(n, self.logit.numel(), dtype=torch.bool)
+        start = 0
+        for g, size in enumerate(self.group_sizes):
+            taken = torch.arange(size)[None, :] < counts[:, g : g + 1]
+            keep[:, start : start + size].scatter_(1, orders[:, start : start + size], taken)
+            start += size
+        return keep, orders
+
+    def log_prob(self, orders: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """The exact log-probability of each row's ordered prefixes, differentiable in the logits."""
+        total = torch.zeros(len(orders))
+        start = 0
+        for g, size in enumerate(self.group_sizes):
+            drawn = self.logit[start : start + size][orders[:, start : start + size]]
+            remaining = torch.logcumsumexp(drawn.flip(1), 1).flip(1)
+            taken = torch.arange(size)[None, :] < counts[:, g : g + 1]
+            total = total + ((drawn - remaining) * taken).sum(1)
+            start += size
+        return total
+
+    def top(self, counts: torch.Tensor) -> torch.Tensor:
+        """The keep-sets of the ``counts`` filters of highest logit in each group."""
+        return keep_top(counts, self.logit.detach(), self.group_sizes)
+
+
 class WidthReinforceStrategy:
     r"""REINFORCE over layer widths: a :class:`WidthPolicy` trained with Adam on standardised rewards.
 
@@ -250,14 +328,20 @@ class WidthReinforceStrategy:
     Standardising makes the step size independent of the
     reward's scale and noise: Adam moves each mean by about ``lr`` per step, towards the widths that scored above
     their batch. The standard deviations are learnt too, within ``[min_std, max_std]``, so that the policy
-    narrows once it is sure and never collapses to a point.
+    narrows once it is sure and never collapses to a point. With ``filters="learned"`` the filters kept inside
+    each group are drawn from a :class:`FilterOrder` started at the ranking, and :math:`\log p` is the sum of
+    both exact log-probabilities; with ``"ranked"`` each group keeps the top of the ranking.
 
     Args:
         group_sizes (sequence of int): filters per group.
         n_keep (int): filters every keep-set holds.
         min_keep (sequence of int): filters each group keeps at least.
-        ranking (torch.Tensor): ``[N]`` per-filter scores; each group keeps its highest.
-        lr (float): Adam's learning rate. Default: 0.1.
+        ranking (torch.Tensor): ``[N]`` per-filter scores; each group keeps its highest (``"ranked"``), or they
+            start the filter policy (``"learned"``).
+        filters (str): ``"learned"`` or ``"ranked"``, how the filters inside a group are chosen. Default:
+            ``"learned"``.
+        lr (float): Adam's learning rate of the widths; the filter logits learn at :data:`FILTER_LR_RATIO` times
+            it. Default: 0.1.
         std (float): initial standard deviation of the logits. Default: 0.5.
         min_std (float): smallest standard deviation. Default: 0.05.
         max_std (float): largest standard deviation. Default: 1.0.
@@ -285,6 +369,7 @@ class WidthReinforceStrategy:
         min_keep: Sequence[int],
         ranking: torch.Tensor,
         *,
+        filters: str = "learned",
         lr: float = 0.1,
         std: float = 0.5,
         min_std: float = 0.05,
@@ -298,6 +383,8 @@ class WidthReinforceStrategy:
                 raise ValueError(f"WidthReinforceStrategy: {name} must be a positive number, got {value!r}.")
         if not min_std <= std <= max_std:
             raise ValueError(f"WidthReinforceStrategy: need min_std <= std <= max_std, got {min_std}, {std}, {max_std}.")
+        if filters not in ("learned", "ranked"):
+            raise ValueError(f"WidthReinforceStrategy: filters must be 'learned' or 'ranked', got {filters!r}.")
         self.group_sizes, self.n_keep, self.min_keep = list(group_sizes), n_keep, list(min_keep)
         self.ranking = ranking.detach().cpu()
         self.bounds = (math.log(min_std), math.log(max_std))
@@ -305,16 +392,27 @@ class WidthReinforceStrategy:
         # Only the ratios of the fractions matter; start where the sigmoid is steepest when the budget is no count.
         start = 0.5 if cost is not None else n_keep / sum(self.group_sizes)
         self.policy = WidthPolicy(len(self.group_sizes), start, std)
-        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=float(lr))
+        self.order = FilterOrder(self.ranking, self.group_sizes) if filters == "learned" else None
+        # A filter carries a small share of the reward's signal, a width a large one: with the same step its logit
+        # learnt too slowly to find which filters a planted problem wants in 500 episodes (tests/test_widths.py).
+        learnt = [{"params": self.policy.parameters()}]
+        if self.order is not None:
+            learnt.append({"params": self.order.parameters(), "lr": FILTER_LR_RATIO * float(lr)})
+        self.optimizer = torch.optim.Adam(learnt, lr=float(lr))
         self.generator = seeded_generator(seed)
         self.steps = 0
 
-    def _keep(self, z: torch.Tensor) -> torch.Tensor:
-        return _keep_for(self, torch.sigmoid(z))
+    def _counts(self, z: torch.Tensor) -> torch.Tensor:
+        return counts_for_fractions(torch.sigmoid(z), self.group_sizes, self.n_keep, self.min_keep,
+                                    cost=self.cost, budget=self.budget)  # fmt: skip
 
     def propose(self, n: int) -> tuple[torch.Tensor, Any]:
         z = self.policy.sample(n, self.generator)
-        return self._keep(z), z
+        counts = self._counts(z)
+        if self.order is None:
+            return keep_top(counts, self.ranking, self.group_sizes), (z, counts, None)
+        keep, orders = self.order.sample(counts, self.generator)
+        return keep, (z, counts, orders)
 
     def observe(self, token: Any, keep: torch.Tensor, rewards: torch.Tensor) -> dict[str, float]:
         rewards = rewards.detach().double().cpu()
@@ -326,7 +424,13 @@ class WidthReinforceStrategy:
         centred = rewards - others_mean
         scale = rewards.std() if n > 2 else centred.abs().mean()
         advantage = (centred / (scale + 1e-12)).float() if scale > 0 else torch.zeros(n)
-        loss = -(advantage * self.policy.log_prob(token)).mean()
+        # Comparing the draws of filters at one width with each other (a baseline free of the widths' effect) was
+        # tried and learnt the planted problem less well: one or three twins are a noisier baseline than seven.
+        z, counts, orders = token
+        log_prob = self.policy.log_prob(z)
+        if orders is not None:
+            log_prob = log_prob + self.order.log_prob(orders, counts)
+        loss = -(advantage * log_prob).mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -336,16 +440,23 @@ class WidthReinforceStrategy:
         return stats
 
     def best_guess(self) -> torch.Tensor:
-        """The keep-set of the policy's mean widths."""
-        return self._keep(self.policy.mean.detach()[None])[0]
+        """The keep-set of the policy's mean widths (and, with learned filters, each group's highest logits)."""
+        counts = self._counts(self.policy.mean.detach()[None])
+        return keep_top(counts, self.ranking, self.group_sizes)[0] if self.order is None else self.order.top(counts)[0]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"policy": {k: v.clone() for k, v in self.policy.state_dict().items()},
+        order = {} if self.order is None else {"order": self.order.logit.detach().clone()}
+        return {"policy": {k: v.clone() for k, v in self.policy.state_dict().items()}, **order,
                 "optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
                 "steps": self.steps}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if ("order" in state) != (self.order is not None):
+            raise ValueError("WidthReinforceStrategy: the checkpoint was written with another `filters` option.")
         self.policy.load_state_dict(state["policy"])
+        if self.order is not None:
+            with torch.no_grad():
+                self.order.logit.copy_(state["order"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
         self.steps = state["steps"]
