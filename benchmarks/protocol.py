@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import fcntl
 import json
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -135,29 +137,65 @@ def environment() -> dict[str, Any]:
             "threads": torch.get_num_threads(), "cores": available_cores(), "device": "cpu"}  # fmt: skip
 
 
+def mean_std(values: list[float]) -> str:
+    """Accuracies (fractions) as percent, mean ± std; ``-`` for none."""
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{100 * values[0]:.2f}"
+    return f"{100 * statistics.fmean(values):.2f} ± {100 * statistics.stdev(values):.2f}"
+
+
+def best_of(baselines: dict[str, dict[int, float]]) -> str | None:
+    """The method of highest mean accuracy among ``{method: {seed: accuracy}}`` (those with runs), if any."""
+    done = {m: runs for m, runs in baselines.items() if runs}
+    return max(done, key=lambda m: statistics.fmean(done[m].values())) if done else None
+
+
+def paired_cell(method: str, best: str | None, accuracies: Callable[[str], dict[int, float]]) -> str:
+    """A table cell: the method's mean ± std over seeds and, unless it is the best baseline, in brackets the mean
+    ± std of its per-seed differences to that baseline (over the seeds both ran)."""
+    mine = accuracies(method)
+    cell = mean_std(list(mine.values()))
+    reference = accuracies(best) if best else {}
+    paired = [mine[seed] - reference[seed] for seed in mine if seed in reference]
+    if paired and method != best:
+        cell += f"  ({100 * statistics.fmean(paired):+.2f}"
+        cell += f" ± {100 * statistics.stdev(paired):.2f})" if len(paired) > 1 else ")"
+    return cell
+
+
 class Results:
     """A results file: the settings and one record per finished run, rewritten atomically after every run.
 
-    A restarted script skips the runs already there; a file made with other settings is refused.
+    A restarted script skips the runs already there; a file made with other settings is refused. Processes that
+    share the file (each running other runs) merge their runs into it under a lock, so none overwrites another's.
     """
 
     def __init__(self, path: Path, settings: dict[str, Any]) -> None:
         self.path, self.settings = path, settings
-        self.runs: list[dict[str, Any]] = []
-        if path.exists():
-            old = json.loads(path.read_text())
-            mismatch = {k: (old["settings"].get(k), v) for k, v in settings.items() if old["settings"].get(k) != v}
-            if mismatch:
-                detail = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in mismatch.items())
-                sys.exit(f"{path} holds runs made with other settings ({detail}). Pass another --out, or delete it.")
-            self.runs = old["runs"]
+        self.runs = self._read()
+        if self.runs:
             print(f"resuming {path}: {len(self.runs)} run(s) done", flush=True)
         self.done = {r["key"] for r in self.runs}
 
+    def _read(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        old = json.loads(self.path.read_text())
+        mismatch = {k: (old["settings"].get(k), v) for k, v in self.settings.items() if old["settings"].get(k) != v}
+        if mismatch:
+            detail = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in mismatch.items())
+            sys.exit(f"{self.path} holds runs made with other settings ({detail}). Pass another --out, or delete it.")
+        return old["runs"]
+
     def add(self, record: dict[str, Any]) -> None:
-        self.runs.append(record)
-        self.done.add(record["key"])
-        payload = {"settings": self.settings, "environment": environment(),
-                   "updated": datetime.datetime.now().isoformat(timespec="seconds"), "runs": self.runs}  # fmt: skip
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.path, lambda f: f.write(json.dumps(payload, indent=1).encode()))
+        with open(self.path.with_name(self.path.name + ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            there = {r["key"]: r for r in self._read()}
+            self.runs = [*there.values(), *(r for r in self.runs if r["key"] not in there), record]
+            self.done = {r["key"] for r in self.runs}
+            payload = {"settings": self.settings, "environment": environment(),
+                       "updated": datetime.datetime.now().isoformat(timespec="seconds"), "runs": self.runs}  # fmt: skip
+            atomic_write(self.path, lambda f: f.write(json.dumps(payload, indent=1).encode()))

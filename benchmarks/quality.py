@@ -2,9 +2,12 @@
 
 Run by hand (nothing here is collected by pytest)::
 
-    python benchmarks/quality.py            # 4 targets x 8 methods x 3 seeds: hours on 2 CPU cores, resumable
-    python benchmarks/quality.py --targets 0.8 --methods l1-global,rl-widths --seeds 0 --episodes 8 \\
+    python benchmarks/quality.py            # 4 targets x 11 methods x 3 seeds: hours on 2 CPU cores, resumable
+    python benchmarks/quality.py --targets 0.8 --methods l1-global,rl --seeds 0 --episodes 8 \\
         --finetune-epochs 1 --out /tmp/quality.json        # smoke run
+
+Two processes may share one ``--out`` (with disjoint ``--methods`` and ``--threads 1`` each, the fastest way
+through the table on 2 cores): every run is merged into the file under a lock.
 
 Every method prunes the same trained dense BasicCNN (``dense.py``: the whole CIFAR-10 training split less 5,000
 validation images, trained once and cached) to each target of ``--targets`` (a share of the filters pruned, or
@@ -17,20 +20,21 @@ cosine learning rate from ``--finetune-lr``, crop and flip; the same for every m
 - ``l1-global``: filters ranked by L1 norm over the whole network, each layer's norms divided by their mean;
 - ``l1-uniform``: the same fraction of every layer, by L1 norm (``normalize="rank"``);
 - ``snip``: the SNIP criterion on the validation batches the searches are rewarded on;
-- ``random``, ``random-width``, ``sa``, ``rl-filters``, ``rl-widths``: searches, each evaluating ``--episodes``
-  candidates with the same reward (``--reward``, a variant of ``protocol.REWARDS``): uniformly random keep-sets,
-  random layer widths with L1 inside each layer (the EagleEye baseline), simulated annealing, and
-  :class:`torch_rlprune.RLStructuredPruning` with its per-filter policy and with its layer-width policy. Each
-  spends ``--finalists`` of its episodes re-scoring its best keep-sets on the next validation batches.
-- ``random-width-snip``, ``rl-filters-snip``, ``rl-widths-snip``: the same searches given the SNIP scores of the
-  validation batches as ``saliency``: the width searches keep each layer's filters of highest SNIP score instead
-  of largest L1 norm, the per-filter policy sees them as one more feature.
-- ``random-width-bnout``, ``rl-widths-bnout``: the width searches ranking by
-  :func:`torch_rlprune.criteria.bn_output` instead, which needs no data.
+- ``random``, ``random-width``, ``sa``: searches, each evaluating ``--episodes`` candidates with the same reward
+  (``--reward``, a variant of ``protocol.REWARDS``): uniformly random keep-sets, random layer widths with L1
+  inside each layer (the EagleEye baseline), simulated annealing;
+- ``random-width-bnout``, ``random-width-snip``: random widths keeping each layer's filters of highest
+  :func:`torch_rlprune.criteria.bn_output` (the ranking ``rl`` starts from) or SNIP score;
+- ``rl``: :class:`torch_rlprune.RLStructuredPruning` with its defaults (layer widths, the filters inside learnt
+  from the ``bn_output`` ranking); ``rl-ranked``: the same keeping each layer's top ``bn_output`` filters
+  (``filters="ranked"``); ``rl-filters``: its per-filter policy (``policy="filters"``), the default before.
+
+Every search spends ``--finalists`` of its episodes re-scoring its best keep-sets on the next validation batches.
+The runs of an older dense network and method list are in ``results/quality_p1_dense77.{json,txt}``.
 
 The seed is the search's seed and the fine-tuning's (order of the batches, augmentation). The table gives the
 test accuracy, mean ± std over seeds, and for every method the paired per-seed difference to the best baseline of
-its column (the best mean among the methods that are not ``rl-*``). Every finished run is written at once to
+its column (the best mean among the methods that are not ``rl*``). Every finished run is written at once to
 ``--out`` (atomically); a restarted script skips the runs already there.
 """
 
@@ -91,24 +95,22 @@ def _search(method: type, saliency: str | None = None, **options: Any) -> Callab
 
 #: Every method of the table: how it prunes a model in place (returning the rewards it evaluated).
 METHODS: dict[str, Callable[..., int]] = {
+    "rl": _search(rlp.RLStructuredPruning),
+    "rl-ranked": _search(rlp.RLStructuredPruning, filters="ranked"),
+    "rl-filters": _search(rlp.RLStructuredPruning, policy="filters"),
     "l1-global": _criterion(n=1),
     "l1-uniform": _criterion(n=1, normalize="rank"),
     "snip": _criterion(method="snip"),
     "random": _search(rlp.RandomSearchPruning),
-    "random-width": _search(rlp.RandomWidthPruning),
     "sa": _search(rlp.SimulatedAnnealingPruning),
-    "rl-filters": _search(rlp.RLStructuredPruning, policy="filters"),
-    "rl-widths": _search(rlp.RLStructuredPruning, policy="widths"),
-    "random-width-snip": _search(rlp.RandomWidthPruning, saliency="snip"),
-    "rl-filters-snip": _search(rlp.RLStructuredPruning, saliency="snip", policy="filters"),
-    "rl-widths-snip": _search(rlp.RLStructuredPruning, saliency="snip", policy="widths"),
+    "random-width": _search(rlp.RandomWidthPruning),
     "random-width-bnout": _search(rlp.RandomWidthPruning, saliency="bn_output"),
-    "rl-widths-bnout": _search(rlp.RLStructuredPruning, saliency="bn_output", policy="widths"),
+    "random-width-snip": _search(rlp.RandomWidthPruning, saliency="snip"),
 }
-OURS = ("rl-filters", "rl-widths", "rl-filters-snip", "rl-widths-snip", "rl-widths-bnout")
+OURS = ("rl", "rl-ranked", "rl-filters")
 #: The methods that can meet a MACs budget: rankings, and searches that propose layer widths.
-MACS_METHODS = ("l1-global", "l1-uniform", "snip", "random-width", "rl-widths", "random-width-snip", "rl-widths-snip",
-                "random-width-bnout", "rl-widths-bnout")  # fmt: skip
+MACS_METHODS = ("rl", "rl-ranked", "l1-global", "l1-uniform", "snip", "random-width", "random-width-bnout",
+                "random-width-snip")  # fmt: skip
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -160,36 +162,20 @@ def label(target: str) -> str:
     return f"{amount.fraction:.0%} MACs" if isinstance(amount, rlp.MACs) else f"{amount:.0%}"
 
 
-def mean_std(values: list[float]) -> str:
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{100 * values[0]:.2f}"
-    return f"{100 * statistics.fmean(values):.2f} ± {100 * statistics.stdev(values):.2f}"
-
-
 def report(args: argparse.Namespace, runs: list[dict[str, Any]], dense_accuracy: float) -> None:
     def accuracies(method: str, target: str) -> dict[int, float]:
         return {r["seed"]: r["test_accuracy"] for r in runs if (r["method"], r["target"]) == (method, target)
                 and r["seed"] in args.seeds}  # fmt: skip
 
     rows = []
-    best: dict[str, str] = {}
-    for s in args.targets:
-        baselines = {m: accuracies(m, s) for m in args.methods if m not in OURS and accuracies(m, s)}
-        if baselines:
-            best[s] = max(baselines, key=lambda m: statistics.fmean(baselines[m].values()))
+    best = {s: protocol.best_of({m: accuracies(m, s) for m in args.methods if m not in OURS}) for s in args.targets}
     for method in args.methods:
         cells = []
         for s in args.targets:
-            mine = accuracies(method, s)
-            cell = mean_std(list(mine.values())) if mine or method in MACS_METHODS or not s.startswith("macs") else "n/a"
-            reference = accuracies(best[s], s) if s in best else {}
-            paired = [mine[seed] - reference[seed] for seed in mine if seed in reference]
-            if paired and method != best.get(s):
-                cell += f"  ({100 * statistics.fmean(paired):+.2f}"
-                cell += f" ± {100 * statistics.stdev(paired):.2f})" if len(paired) > 1 else ")"
-            cells.append(cell)
+            if not accuracies(method, s) and s.startswith("macs") and method not in MACS_METHODS:
+                cells.append("n/a")
+            else:
+                cells.append(protocol.paired_cell(method, best[s], lambda m: accuracies(m, s)))
         rows.append([method, *cells])
     print_table(f"Test accuracy (%) after pruning the dense network ({100 * dense_accuracy:.2f}%) and "
                 f"{args.finetune_epochs} epochs of fine-tuning; mean ± std over seeds {args.seeds}; in brackets "
@@ -197,7 +183,7 @@ def report(args: argparse.Namespace, runs: list[dict[str, Any]], dense_accuracy:
                 "target (filter sparsity, or MACs kept); n/a: the method keeps a filter count", ["method",
                 *(label(t) for t in args.targets)], rows)  # fmt: skip
     for s in args.targets:
-        if s in best:
+        if best[s]:
             print(f"best baseline at {label(s)}: {best[s]}")
     rows = []
     for method in args.methods:
