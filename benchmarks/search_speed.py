@@ -19,7 +19,9 @@ batch's statistics, as the search's rewards do):
   which is what the method's original implementation did per candidate;
 - ``search episode``: a whole ``RLStructuredPruning`` search through :func:`torch_rlprune.global_structured`
   (sampling, evaluation with the accuracy reward, policy updates, history) divided by its episodes; it evaluates
-  with ``evaluation="auto"``, which slices on the CPU and masks on a GPU.
+  with ``evaluation="auto"``, which slices on the CPU and masks on a GPU. Then the same search with the reward
+  recalibrated (:class:`torch_rlprune.rewards.Recalibrated`: the candidate's norm statistics re-estimated on 4
+  batches before every reward, as ``quality.py`` rewards).
 
 Then the peak memory of a ``--episodes`` long search, measured in a fresh process: its peak resident set size
 (``VmHWM``) beside that of the same process set up without searching, with the default allocator settings and
@@ -81,11 +83,20 @@ def timed_ms(timers: dict[str, benchmark.Timer], rounds: int, min_run_time: floa
     return {name: statistics.median(times) * 1e3 for name, times in runs.items()}
 
 
-def search(model: nn.Module, x: torch.Tensor, y: torch.Tensor, episodes: int) -> rlp.search.SearchResult:
+RECALIBRATION_BATCHES = 4  # what benchmarks/quality.py's reward (acc-recal) re-estimates the norms on
+
+
+def search(model: nn.Module, x: torch.Tensor, y: torch.Tensor, episodes: int,
+           recalibrate: bool = False) -> rlp.search.SearchResult:  # fmt: skip
+    """A default RLStructuredPruning search rewarded by accuracy on ``(x, y)``; with ``recalibrate``, after
+    re-estimating the candidate's norm statistics on as many batches of the same shape (``rewards.Recalibrated``)."""
     convs = [(m, "weight") for m in model.modules() if isinstance(m, nn.Conv2d)]
+    reward = rlp.rewards.Accuracy([(x, y)])
+    if recalibrate:
+        reward = rlp.rewards.Recalibrated(reward, [(x, y)] * RECALIBRATION_BATCHES, batches=RECALIBRATION_BATCHES)
     return rlp.global_structured(convs, rlp.RLStructuredPruning, amount=AMOUNT, model=model,
-                                 example_inputs=x[:1], reward=rlp.rewards.Accuracy([(x, y)]),
-                                 episodes=episodes, seed=0, progress=False)  # fmt: skip
+                                 example_inputs=x[:1], reward=reward, episodes=episodes, seed=0,
+                                 progress=False)  # fmt: skip
 
 
 def episode_table(args: argparse.Namespace) -> float:
@@ -133,11 +144,12 @@ def episode_table(args: argparse.Namespace) -> float:
         ms = timed_ms(timers, args.rounds, args.min_run_time)
 
     search(*setup(args.batch, args.device, args.model), 8)  # warm-up
-    model, x, y = setup(args.batch, args.device, args.model)  # a fresh model: the warm-up pruned its own
-    started = time.perf_counter()
-    result = search(model, x, y, args.episodes)
-    search_s = time.perf_counter() - started
-    ms["search episode (RLStructuredPruning, accuracy reward)"] = search_s / result.evaluations * 1e3
+    for recalibrate, row in ((False, "search episode (RLStructuredPruning, accuracy reward)"),
+                             (True, f"search episode, norms recalibrated on {RECALIBRATION_BATCHES} batches")):  # fmt: skip
+        model, x, y = setup(args.batch, args.device, args.model)  # a fresh model: a search prunes its own
+        started = time.perf_counter()
+        result = search(model, x, y, args.episodes, recalibrate)
+        ms[row] = (time.perf_counter() - started) / result.evaluations * 1e3
 
     dense = ms["dense forward"]
     rows = [[name, f"{value:.2f}", f"{value / dense:.3f}", f"{1e3 / value:.1f}"] for name, value in ms.items()]
@@ -145,7 +157,7 @@ def episode_table(args: argparse.Namespace) -> float:
     title = (f"{args.model} ({filters} filters) at init, reward batch {args.batch}x3x32x32, {AMOUNT:.0%} of the filters "
              f"pruned, device {args.device}, {torch.get_num_threads()} threads; median over {args.rounds} "
              f"interleaved round(s) of torch.utils.benchmark.Timer.blocked_autorange, no_grad, BN on batch "
-             f"statistics; the search row is one {result.evaluations}-episode search's wall time / episodes")  # fmt: skip
+             f"statistics; each search row is one {result.evaluations}-episode search's wall time / episodes")  # fmt: skip
     print_table(title, ["per episode", "ms", "x dense forward", "episodes/s"], rows)
     print(load.report())
     share = ms["sliced view (mode='slice')" if auto == "slice" else "masked view (mode='mask')"] / dense
