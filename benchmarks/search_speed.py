@@ -2,7 +2,7 @@
 
 Run by hand (nothing here is collected by pytest)::
 
-    python benchmarks/search_speed.py            # the full run: about 2 minutes on 2 CPU cores
+    python benchmarks/search_speed.py            # the full run: about 6 minutes on 2 CPU cores
     python benchmarks/search_speed.py --quick    # a smoke run: well under a minute
 
 BasicCNN (or ``--model resnet18``) at initialisation, a reward batch of 256 CIFAR-sized inputs, 70% of the filters
