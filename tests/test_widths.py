@@ -134,7 +134,8 @@ def test_filter_order_log_prob_is_that_of_the_ordered_prefix(counts):
     for a in itertools.permutations(range(2), int(counts[0, 0])):
         for b in itertools.permutations(range(3), int(counts[0, 1])):
             p = prefix_prob(groups[0], a) * prefix_prob(groups[1], [2 + j for j in b])
-            orders = torch.tensor([[*a, *[j for j in range(2) if j not in a], *b, *[j for j in range(3) if j not in b]]])
+            rest_a, rest_b = [j for j in range(2) if j not in a], [j for j in range(3) if j not in b]
+            orders = torch.tensor([[*a, *rest_a, *b, *rest_b]])
             assert math.isclose(order.log_prob(orders, counts).exp().item(), p, rel_tol=1e-5)
             total += p
             kept = (frozenset(a), frozenset(b))

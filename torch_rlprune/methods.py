@@ -606,7 +606,9 @@ class _SearchPruning(prune.BasePruningMethod):
         return {} if self._cost is None else {"cost": self._cost[0], "budget": self._cost[1]}
 
 
-def _bn_output_of(model: nn.Module, groups: Sequence[ChannelGroup], example_inputs: ExampleInputs) -> ImportanceScores | None:
+def _bn_output_of(
+    model: nn.Module, groups: Sequence[ChannelGroup], example_inputs: ExampleInputs
+) -> ImportanceScores | None:
     """:func:`criteria.bn_output`'s scores if a batch norm follows some filter of every group, else ``None``."""
     try:
         scores = criteria.bn_output(model, example_inputs)
