@@ -102,10 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     snapshots = {"init": torch.load(Path(args.dense_dir) / "epoch0.pt", weights_only=True),
                  "k": torch.load(Path(args.dense_dir) / f"epoch{args.search_epoch}.pt", weights_only=True)}  # fmt: skip
-    reward = (*protocol.make_reward(args.reward, args, data),
-              protocol.make_reward(args.reward, args, data, offset=args.val_batches)[0])  # fmt: skip
-    pairs = list(protocol.validation_loader(args, data))
-    val = (torch.cat([x for x, _ in pairs]), torch.cat([y for _, y in pairs]))
+    reward, val = protocol.search_inputs(args, data)
     example = torch.zeros(1, data.in_channels, data.image_size, data.image_size)
     # The pruned networks train with the dense network's schedule, not quality.py's fine-tuning one.
     schedule = argparse.Namespace(**{**vars(args), "finetune_epochs": args.epochs, "finetune_lr": args.lr})

@@ -137,6 +137,16 @@ def environment() -> dict[str, Any]:
             "threads": torch.get_num_threads(), "cores": available_cores(), "device": "cpu"}  # fmt: skip
 
 
+def search_inputs(args: argparse.Namespace, data: Splits) -> tuple[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor]]:
+    """What every search of a table gets: ``(reward, norms, final reward)`` and the validation batches as one
+    ``(inputs, targets)`` pair (what SNIP scores on). The finalists are re-scored on the validation batches after
+    the search's, with the same kind of reward."""
+    reward = (*make_reward(args.reward, args, data),
+              make_reward(args.reward, args, data, offset=args.val_batches)[0])  # fmt: skip
+    pairs = list(validation_loader(args, data))
+    return reward, (torch.cat([x for x, _ in pairs]), torch.cat([y for _, y in pairs]))
+
+
 def mean_std(values: list[float]) -> str:
     """Accuracies (fractions) as percent, mean ± std; ``-`` for none."""
     if not values:

@@ -212,11 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.report:
         report(args, results.runs, record["test_accuracy"])
         return 0
-    # The finalists are re-scored on the validation batches after the search's, with the same kind of reward.
-    reward = (*protocol.make_reward(args.reward, args, data),
-              protocol.make_reward(args.reward, args, data, offset=args.val_batches)[0])  # fmt: skip
-    pairs = list(protocol.validation_loader(args, data))
-    val = (torch.cat([x for x, _ in pairs]), torch.cat([y for _, y in pairs]))  # what snip scores on
+    reward, val = protocol.search_inputs(args, data)
     load = OtherLoad()
     load.start()
     plan = [(t, seed, m) for t in args.targets for seed in args.seeds for m in args.methods
