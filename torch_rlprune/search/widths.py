@@ -394,7 +394,8 @@ class WidthReinforceStrategy:
         self.policy = WidthPolicy(len(self.group_sizes), start, std)
         self.order = FilterOrder(self.ranking, self.group_sizes) if filters == "learned" else None
         # A filter carries a small share of the reward's signal, a width a large one: with the same step its logit
-        # learnt too slowly to find which filters a planted problem wants in 500 episodes (tests/test_widths.py).
+        # learnt too slowly to find which filters a planted problem wants (tests/test_widths.py); 5 or 8 times the
+        # step overshot and found fewer.
         learnt = [{"params": self.policy.parameters()}]
         if self.order is not None:
             learnt.append({"params": self.order.parameters(), "lr": FILTER_LR_RATIO * float(lr)})
