@@ -14,7 +14,8 @@ batch's statistics, as the search's rewards do):
   before it runs;
 - ``sliced view``: this package's evaluation, :class:`torch_rlprune.search.evaluation.CandidateModel` with
   ``mode="slice"``: index-select the kept channels of every tensor and run the sliced network through
-  :func:`torch.func.functional_call`;
+  :func:`torch.func.functional_call`, at widths padded to a few per layer (zeroed channels) so that oneDNN meets
+  few shapes; then the same at the exact widths, which run without oneDNN (what a view cost before the padding);
 - ``masked view``: the same with ``mode="mask"``: zero the pruned channels' tensors and run the dense network,
   which is what the method's original implementation did per candidate;
 - ``search episode``: a whole ``RLStructuredPruning`` search through :func:`torch_rlprune.global_structured`
@@ -46,7 +47,7 @@ from torch.utils import benchmark
 import torch_rlprune as rlp
 from _machine import OtherLoad, available_cores, print_header, print_table
 from torch_rlprune.search.keepsets import sample_keep
-from torch_rlprune.search.evaluation import CandidateEvaluator
+from torch_rlprune.search.evaluation import CandidateEvaluator, CandidateModel
 from torch_rlprune.masks import keep_vectors
 
 GOAL = 0.25  # one episode should cost at most this share of a dense forward pass at 70% sparsity
@@ -123,15 +124,20 @@ def episode_table(args: argparse.Namespace) -> float:
     def masked_episode() -> torch.Tensor:
         return evaluators["mask"].view(keeps[next_index()])(x)
 
+    def exact_episode() -> torch.Tensor:  # what a sliced view cost before it was padded
+        keep = keeps[next_index()]
+        return CandidateModel(evaluators["slice"], keep, keep_vectors(groups, keep))(x)
+
     sync = "torch.cuda.synchronize()" if x.is_cuda else "pass"
     stmts = {
         "dense forward": "model(x)",
         "keep vectors (host-side work of every view)": "vectors_only()",
         "sliced view (mode='slice')": "sliced_episode()",
+        "sliced view, exact widths, oneDNN off": "exact_episode()",
         "masked view (mode='mask')": "masked_episode()",
     }
     env = {"model": model, "x": x, "vectors_only": vectors_only, "sliced_episode": sliced_episode,
-           "masked_episode": masked_episode}  # fmt: skip
+           "exact_episode": exact_episode, "masked_episode": masked_episode}  # fmt: skip
     timers = {
         name: benchmark.Timer(stmt=f"with torch.no_grad():\n    {stmt}\n{sync}", globals=env,
                               num_threads=torch.get_num_threads())  # fmt: skip
@@ -139,7 +145,7 @@ def episode_table(args: argparse.Namespace) -> float:
     }
     load = OtherLoad()
     with evaluators["slice"].active(), torch.no_grad():
-        for fn in (lambda: model(x), vectors_only, sliced_episode, masked_episode):  # warm-up: kernels, allocator
+        for fn in (lambda: model(x), vectors_only, sliced_episode, exact_episode, masked_episode):  # warm-up
             fn()
         ms = timed_ms(timers, args.rounds, args.min_run_time)
 
@@ -200,9 +206,9 @@ def _peak(batch: int, device: str, arch: str, episodes: int, queue: multiprocess
 
 # Every candidate has other tensor shapes. With glibc's default malloc settings and oneDNN's primitive cache, the
 # compiled primitives and freed activations of hundreds of shapes stayed in the process: the resident set grew by
-# ~500 MiB over the first ~200 episodes, then levelled off. The evaluator now turns oneDNN off while it slices on
-# the CPU (CandidateEvaluator.active), which keeps the default row flat; the two settings below, read by a new
-# process only, are kept for comparison.
+# ~500 MiB over the first ~200 episodes, then levelled off. The evaluator now runs sliced CPU candidates at padded
+# widths, a few per group (search.evaluation.PAD_STEPS), which bounds the shapes; the two settings below, read by
+# a new process only, are kept for comparison.
 ENVIRONMENTS = {
     "": {},
     "MALLOC_MMAP_THRESHOLD_=65536": {"MALLOC_MMAP_THRESHOLD_": "65536"},

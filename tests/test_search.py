@@ -9,8 +9,8 @@ from torch.nn.utils import prune
 
 import torch_rlprune as rlp
 from torch_rlprune.search.controller import ReinforceController
-from torch_rlprune.search.evaluation import CandidateEvaluator
-from torch_rlprune.masks import alive_channels, apply_channel_masks
+from torch_rlprune.search.evaluation import PAD_STEPS, CandidateEvaluator, CandidateModel
+from torch_rlprune.masks import alive_channels, apply_channel_masks, keep_vectors
 from torch_rlprune.search import AnnealingStrategy, RandomStrategy, ReinforceStrategy, run_search
 
 from conftest import conv_pairs
@@ -314,8 +314,6 @@ def test_a_reward_may_return_any_real_number_numpy_included():
 
 @pytest.mark.parametrize("mode", ["slice", "mask"])
 def test_a_reward_reading_the_view_parameters_sees_the_candidate(mode):
-    from torch_rlprune.search.evaluation import CandidateEvaluator
-
     model = rlp.models.BasicCNN(width=0.25)
     x = torch.randn(2, 3, 32, 32)
     groups = rlp.channel_groups(model, x[:1])
@@ -387,18 +385,99 @@ def test_finalists_need_a_final_reward_and_fit_the_budget():
         run_search(RandomStrategy([2], 1, [1], seed=0), lambda k: 0.0, episodes=2, finalists=-1, progress=False)
 
 
-def test_a_sliced_search_on_the_cpu_runs_without_onednn_and_restores_it():
-    # oneDNN caches a primitive per convolution shape; sliced candidates bring new shapes every episode.
+def _input_widths(view, x, modules):
+    """The channels each of ``modules`` receives when ``view`` runs on ``x``, and whether oneDNN was on."""
+    seen = {}
+    handles = [m.register_forward_pre_hook(lambda mod, args, i=i: seen.__setitem__(i, args[0].shape[1]))
+               for i, m in enumerate(modules)]  # fmt: skip
+    handles.append(modules[0].register_forward_pre_hook(
+        lambda mod, args: seen.__setitem__("onednn", torch.backends.mkldnn.enabled)))  # fmt: skip
+    try:
+        with torch.no_grad():
+            out = view(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return out, seen
+
+
+def test_sliced_cpu_views_run_padded_widths_that_compute_the_exact_candidate():
+    # oneDNN keeps a kernel per convolution shape: exact counts bring new shapes with every candidate.
     torch.manual_seed(0)
-    model = rlp.models.BasicCNN(width=0.125)
-    x = torch.randn(2, 3, 32, 32)
+    model = rlp.models.BasicCNN(width=0.25)
+    x = torch.randn(4, 3, 32, 32)
     groups = rlp.channel_groups(model, x[:1])
-    seen = []
-    for mode in ("slice", "mask"):
-        evaluator = CandidateEvaluator(model, groups, x[:1], mode=mode)
-        with evaluator.active():
-            seen.append(torch.backends.mkldnn.enabled)
-        with pytest.raises(RuntimeError), evaluator.active():
-            raise RuntimeError("a reward that fails")
-        assert torch.backends.mkldnn.enabled
-    assert seen == [False, True]
+    evaluator = CandidateEvaluator(model, groups, x[:1])
+    assert evaluator.mode == "slice" and evaluator.padded
+    consumers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))][1:]
+    steps = [math.ceil(g.size / PAD_STEPS) for g in groups]
+    g = torch.Generator().manual_seed(0)
+    widths = [set() for _ in consumers]
+    with evaluator.active():
+        for _ in range(30):
+            keep = [torch.rand(grp.size, generator=g) < torch.rand((), generator=g) for grp in groups]
+            for k in keep:
+                k[0] = True
+            view = evaluator.view(keep)
+            padded, seen = _input_widths(view, x, consumers)
+            exact, seen_exact = _input_widths(CandidateModel(evaluator, keep, keep_vectors(groups, keep)), x, consumers)
+            torch.testing.assert_close(padded, exact, atol=1e-5, rtol=1e-4)
+            assert seen["onednn"] and not seen_exact["onednn"]  # exact counts run without oneDNN
+            for i, (k, step, grp) in enumerate(zip(keep, steps, groups)):
+                expand = 16 if i == len(groups) - 1 else 1  # the Linear reads 4x4 positions per channel
+                assert seen_exact[i] == int(k.sum()) * expand
+                assert seen[i] == min(grp.size, math.ceil(int(k.sum()) / step) * step) * expand
+                widths[i].add(seen[i])
+            # What a reward reads is the candidate's own tensors; tensors it may train run at the exact counts.
+            weight = dict(view.named_parameters())["model.features.0.weight"]
+            assert weight.shape[0] == int(keep[0].sum()) and view.model.features[0].weight.shape[0] == groups[0].size
+            assert _input_widths(view.substitute({}), x, consumers)[1] == seen
+            trained = view.substitute({"features.0.weight": weight.clone().requires_grad_(True)})
+            assert _input_widths(trained, x, consumers)[1] == seen_exact
+    assert all(1 < len(w) <= PAD_STEPS for w in widths)
+    assert torch.backends.mkldnn.enabled
+
+
+def test_recalibrating_a_padded_view_gives_what_recalibrating_the_exact_one_gives():
+    torch.manual_seed(0)
+    model = rlp.models.BasicCNN(width=0.25)
+    x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
+    groups = rlp.channel_groups(model, x[:1])
+    evaluator = CandidateEvaluator(model, groups, x[:1], norms="eval")
+    reward = rlp.rewards.Recalibrated(rlp.rewards.NegativeLoss([(x, y)]), [(x * 2 + 1, y)], batches=1)
+    plain = rlp.rewards.NegativeLoss([(x, y)])
+    keep = [torch.arange(grp.size) % 3 != 1 for grp in groups]
+    with evaluator.active():
+        padded, exact = evaluator.view(keep), CandidateModel(evaluator, keep, keep_vectors(groups, keep))
+        assert evaluator.padded and reward(padded) == pytest.approx(reward(exact), rel=1e-5)
+        assert reward(padded) != pytest.approx(plain(padded), rel=1e-3)  # the statistics did change
+
+
+class ChannelsLastNorm(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.norm = nn.Conv2d(3, 16, 3), nn.LayerNorm(16)
+        self.conv2, self.bn, self.conv3 = nn.Conv2d(16, 16, 3), nn.BatchNorm2d(16), nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        x = self.norm(self.conv1(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self.conv3(torch.relu(self.bn(self.conv2(x)))).mean((2, 3))
+
+
+def test_a_group_normalised_over_its_channels_runs_its_exact_count():
+    torch.manual_seed(0)
+    model = ChannelsLastNorm()
+    with torch.no_grad():
+        model.norm.weight.uniform_(0.5, 1.5)
+    x = torch.randn(4, 3, 12, 12)
+    groups = rlp.channel_groups(model, x[:1])
+    evaluator = CandidateEvaluator(model, groups, x[:1])
+    assert [g.producers[0].name for g in groups] == ["conv1", "conv2"] and evaluator.padded
+    keep = [torch.arange(16) % 3 != 1] * 2  # 11 of 16: padding would add one
+    with evaluator.active():
+        padded, seen = _input_widths(evaluator.view(keep), x, [model.conv2, model.conv3])
+        exact, _ = _input_widths(CandidateModel(evaluator, keep, keep_vectors(groups, keep)), x, [model.conv2])
+    assert seen[0] == 11 and seen[1] == 12  # the LayerNorm's group unpadded, the batch norm's padded
+    torch.testing.assert_close(padded, exact, atol=1e-5, rtol=1e-4)
+
+
