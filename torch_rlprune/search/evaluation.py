@@ -313,9 +313,16 @@ class CandidateEvaluator:
         # A norm over the channels would count the padding's zeros: such groups run at their exact counts.
         self._steps = [1 if any(m.normalizes is not None for m in g.members) else -(-g.size // PAD_STEPS)
                        for g in self.groups]  # fmt: skip
-        #: whether sliced views run padded (see the module description): on the CPU, where padding computes what
-        #: the exact counts do on a trial candidate
-        self.padded = mode == "slice" and self.device.type == "cpu" and self._pads_exactly(inputs)
+        self._inputs = inputs
+        self._padded: bool | None = None if mode == "slice" and self.device.type == "cpu" else False
+
+    @property
+    def padded(self) -> bool:
+        """Whether sliced views run padded (see the module description): on the CPU, where padding computes what
+        the exact counts do on a trial candidate (tried at the first call, on the example inputs)."""
+        if self._padded is None:
+            self._padded = self._pads_exactly(self._inputs)
+        return self._padded
 
     def padding(self, keep: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """``keep`` with each group's first pruned channels added until its count is a multiple of its step."""
