@@ -78,6 +78,12 @@ class CandidateModel(nn.Module):
     counts; the padding of the CPU's sliced views (see the module description) stays inside :meth:`forward` (and
     :meth:`substitute`).
 
+    Args:
+        evaluator (CandidateEvaluator): what made the view (see :meth:`CandidateEvaluator.view`).
+        keep (sequence of torch.Tensor): one boolean keep mask per channel group.
+        vectors (KeepVectors): ``keep_vectors(evaluator.groups, keep)``.
+        padded (bool): with ``mode="slice"``, run at the padded widths. Default: ``False``.
+
     Attributes:
         keep (list of torch.Tensor): the candidate, one boolean keep mask per channel group.
     """
