@@ -432,25 +432,84 @@ def test_sliced_cpu_views_run_padded_widths_that_compute_the_exact_candidate():
             weight = dict(view.named_parameters())["model.features.0.weight"]
             assert weight.shape[0] == int(keep[0].sum()) and view.model.features[0].weight.shape[0] == groups[0].size
             assert _input_widths(view.substitute({}), x, consumers)[1] == seen
-            trained = view.substitute({"features.0.weight": weight.clone().requires_grad_(True)})
-            assert _input_widths(trained, x, consumers)[1] == seen_exact
     assert all(1 < len(w) <= PAD_STEPS for w in widths)
     assert torch.backends.mkldnn.enabled
 
 
-def test_recalibrating_a_padded_view_gives_what_recalibrating_the_exact_one_gives():
+def test_padding_hides_what_the_padded_channels_output_from_their_consumers():
+    # A sigmoid after a norm: a padded channel outputs 0.5, which only its consumers' zeroed columns can stop.
     torch.manual_seed(0)
-    model = rlp.models.BasicCNN(width=0.25)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.BatchNorm2d(16), nn.Sigmoid(), nn.Conv2d(16, 16, 3),
+                          nn.BatchNorm2d(16), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 4 * 4, 3))  # fmt: skip
+    x = torch.randn(4, 3, 8, 8)
+    groups = rlp.channel_groups(model, x[:1])
+    evaluator = CandidateEvaluator(model, groups, x[:1])
+    keep = [torch.arange(16) < 5, torch.arange(16) % 2 == 0]  # padded to 6 and 8
+    with evaluator.active():
+        padded, seen = _input_widths(evaluator.view(keep), x, [model[3], model[7]])
+        exact = CandidateModel(evaluator, keep, keep_vectors(groups, keep))(x).detach()
+    assert evaluator.padded and seen[0] == 6 and seen[1] == 8 * 16
+    torch.testing.assert_close(padded, exact, atol=1e-5, rtol=1e-4)
+
+
+class Quotient(nn.Module):
+    """Two producers of one group divided: a padded channel would compute 0 / 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.head = nn.Conv2d(3, 12, 3), nn.Conv2d(3, 12, 3), nn.Conv2d(12, 4, 3)
+
+    def forward(self, x):
+        return self.head(self.a(x) / self.b(x)).mean((2, 3))
+
+
+def test_a_model_that_padding_would_change_runs_exact_widths_without_onednn():
+    torch.manual_seed(0)
+    model, x = Quotient(), torch.randn(2, 3, 8, 8)
+    groups = rlp.channel_groups(model, x[:1])
+    evaluator = CandidateEvaluator(model, groups, x[:1])
+    keep = [torch.arange(12) < 7]
+    assert not evaluator.padded  # the trial candidate gave NaN padded
+    with evaluator.active():
+        assert not torch.backends.mkldnn.enabled  # also for the backward passes of a reward that trains
+        out, seen = _input_widths(evaluator.view(keep), x, [model.head])
+        assert seen[0] == 7 and out.isfinite().all()
+        with pytest.raises(RuntimeError):
+            evaluator.view(keep)(x[:, :2])
+    assert torch.backends.mkldnn.enabled
+    other, y = rlp.models.BasicCNN(width=0.125), torch.randn(1, 3, 32, 32)
+    padded = CandidateEvaluator(other, rlp.channel_groups(other, y), y)
+    with padded.active():
+        assert torch.backends.mkldnn.enabled
+
+
+def test_rewards_that_recalibrate_or_train_a_padded_view_get_what_the_exact_one_gives():
+    torch.manual_seed(0)
+    model = rlp.models.BasicCNN(width=0.25, dropout=0.0)
     x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
     groups = rlp.channel_groups(model, x[:1])
     evaluator = CandidateEvaluator(model, groups, x[:1], norms="eval")
-    reward = rlp.rewards.Recalibrated(rlp.rewards.NegativeLoss([(x, y)]), [(x * 2 + 1, y)], batches=1)
-    plain = rlp.rewards.NegativeLoss([(x, y)])
+    loss = rlp.rewards.NegativeLoss([(x, y)])
+
+    def norm_statistics(view):  # what a reward reading the candidate's buffers sees
+        return float(dict(view.named_buffers())["model.features.11.running_mean"].abs().sum())
+
+    rewards = {
+        "recalibrated": rlp.rewards.Recalibrated(loss, [(x * 2 + 1, y)], batches=1),
+        "buffers after recalibrating": rlp.rewards.Recalibrated(norm_statistics, [(x * 2 + 1, y)], batches=1),
+        "trained, then recalibrated": rlp.rewards.ShortTrained(
+            rlp.rewards.Recalibrated(loss, [(x, y)], batches=1), [(x, y)], steps=3, lr=0.1),
+        "recalibrated, then trained": rlp.rewards.Recalibrated(
+            rlp.rewards.ShortTrained(loss, [(x, y)], steps=3, lr=0.1), [(x, y)], batches=1),
+    }  # fmt: skip
     keep = [torch.arange(grp.size) % 3 != 1 for grp in groups]
     with evaluator.active():
         padded, exact = evaluator.view(keep), CandidateModel(evaluator, keep, keep_vectors(groups, keep))
-        assert evaluator.padded and reward(padded) == pytest.approx(reward(exact), rel=1e-5)
-        assert reward(padded) != pytest.approx(plain(padded), rel=1e-3)  # the statistics did change
+        assert evaluator.padded
+        for name, reward in rewards.items():
+            assert reward(padded) == pytest.approx(reward(exact), rel=1e-4), name
+        assert norm_statistics(padded) == 0.0 < rewards["buffers after recalibrating"](padded)
+        assert rewards["recalibrated"](padded) != pytest.approx(loss(padded), rel=1e-3)
 
 
 class ChannelsLastNorm(nn.Module):

@@ -96,8 +96,9 @@ class CandidateModel(nn.Module):
         self.keep = list(keep)
         self._evaluator = evaluator
         self._vectors = vectors
-        self._exact: dict[str, torch.Tensor] | None = None
         self._kept_in_run: KeepVectors = {}
+        #: tensors a reward may train in place (see substitute): a padded view pads them at every call
+        self._live: dict[str, torch.Tensor] = {}
         #: what the forward pass runs: the vectors ``patched`` sets tied convs by and the substituted tensors
         self._run_vectors: KeepVectors = {}
         if evaluator.mode == "mask":  # one copy to the device for all vectors, not one per tensor they scale
@@ -117,8 +118,6 @@ class CandidateModel(nn.Module):
         else:
             self._run_vectors, self._tensors = vectors, self._named(sliced_tensors, vectors)
         self._padded = padded and evaluator.mode == "slice"
-        if not self._padded:
-            self._exact = self._tensors
 
     def _named(
         self, substitute: Callable[[nn.Module, KeepVectors], Iterator[tuple[str, torch.Tensor]]], vectors: KeepVectors
@@ -131,9 +130,10 @@ class CandidateModel(nn.Module):
         }
 
     def _exact_tensors(self) -> dict[str, torch.Tensor]:
-        if self._exact is None:
-            self._exact = self._named(sliced_tensors, self._vectors)
-        return self._exact
+        """The candidate's own tensors; a padded view's read from what it runs, which norms may have updated."""
+        if not self._padded:
+            return self._tensors
+        return {**{name: self._resized(name, t, pad=False) for name, t in self._tensors.items()}, **self._live}
 
     def _substituted(self, named: Iterator[tuple[str, torch.Tensor]], prefix: str) -> Iterator[tuple[str, torch.Tensor]]:
         lead = f"{prefix}.model." if prefix else "model."
@@ -156,8 +156,9 @@ class CandidateModel(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         # Unpadded sliced views on the CPU bring oneDNN a new shape each: it would keep a kernel for every one.
         exact_on_cpu = self._evaluator.mode == "slice" and not self._padded and self._evaluator.device.type == "cpu"
+        tensors = {**self._tensors, **{name: self._resized(name, t, pad=True) for name, t in self._live.items()}}
         with self._evaluator.patched(self._run_vectors), _onednn_off(exact_on_cpu):
-            return functional_call(self.model, self._tensors, args, kwargs, strict=False)
+            return functional_call(self.model, tensors, args, kwargs, strict=False)
 
     @property
     def mode(self) -> str:
@@ -167,10 +168,11 @@ class CandidateModel(nn.Module):
     def substitute(self, tensors: dict[str, torch.Tensor]) -> CandidateModel:
         """This candidate with some of its tensors replaced, e.g. re-estimated norm statistics.
 
-        A padded view stays padded: the new view computes with zero-padded copies of ``tensors``, which is what a
-        norm updating its statistics in place (:class:`~torch_rlprune.search.rewards.Recalibrated`) writes to.
-        If any of ``tensors`` requires grad, the reward may train them in place, and the view runs them at the
-        exact counts instead.
+        A padded view stays padded. It computes with zero-padded copies of the tensors that do not require grad,
+        which is what a norm updating its statistics in place (:class:`~torch_rlprune.search.rewards.Recalibrated`)
+        writes to and what :meth:`named_buffers` then reads; the tensors that require grad, which a reward may
+        train in place (:class:`~torch_rlprune.search.rewards.ShortTrained`), are padded anew at every call, so
+        that the steps and the gradients reach them.
 
         Args:
             tensors (dict): tensors named as in the model (``"features.3.running_mean"``, not ``"model.…"``),
@@ -180,26 +182,31 @@ class CandidateModel(nn.Module):
             CandidateModel: a view of the same candidate computing with ``tensors``; this one is unchanged.
         """
         view = copy.copy(self)
-        view._exact = {**self._exact_tensors(), **tensors}
-        if self._padded and not any(t.requires_grad for t in tensors.values()):
-            view._tensors = {**self._tensors, **{name: self._padded_copy(name, t) for name, t in tensors.items()}}
-        else:
-            view._tensors = view._exact
-            view._run_vectors = self._vectors if self.mode == "slice" else {}
-            view._padded = False
+        if not self._padded:
+            view._tensors = {**self._tensors, **tensors}
+            return view
+        live = {name: t for name, t in tensors.items() if t.requires_grad}
+        fixed = {name: self._resized(name, t, pad=True) for name, t in tensors.items() if not t.requires_grad}
+        view._tensors = {name: t for name, t in {**self._tensors, **fixed}.items() if name not in live}
+        view._live = {**{name: t for name, t in self._live.items() if name not in fixed}, **live}
         return view
 
-    def _padded_copy(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
-        """``tensor``, shaped as the candidate has it, with zeros where the padded view runs extra channels."""
-        if name not in self._tensors:
-            return tensor
+    def _resized(self, name: str, tensor: torch.Tensor, pad: bool) -> torch.Tensor:
+        """A tensor the view cuts, between the candidate's shape and the padded one: zeros where the padded view
+        runs extra channels (``pad=True``), or those entries dropped (``pad=False``)."""
         owner, _, attribute = name.rpartition(".")
         module = self.model.get_submodule(owner)
-        for dim in (0, 1) if attribute.removesuffix("_orig") == "weight" else (0,):
+        base = attribute.removesuffix("_orig").removesuffix("_mask")
+        for dim in (0, 1) if base == "weight" else (0,):
             kept = self._kept_in_run.get((module, dim))
-            if kept is not None and tensor.dim() > dim and kept.numel() != tensor.shape[dim]:
+            if kept is None or kept.all() or tensor.dim() <= dim:
+                continue
+            rows = kept.nonzero().reshape(-1).to(tensor.device)
+            if not pad:
+                tensor = tensor.index_select(dim, rows)
+            elif tensor.shape[dim] == rows.numel():
                 shape = [*tensor.shape[:dim], kept.numel(), *tensor.shape[dim + 1 :]]
-                tensor = tensor.new_zeros(shape).index_copy_(dim, kept.nonzero().reshape(-1).to(tensor.device), tensor)
+                tensor = tensor.new_zeros(shape).index_copy(dim, rows, tensor)
         return tensor
 
     def macs(self) -> int:
@@ -344,8 +351,14 @@ class CandidateEvaluator:
         return padded
 
     def _pads_exactly(self, inputs: tuple[torch.Tensor, ...]) -> bool:
-        # Two of every three channels kept: most groups need padding, and every group keeps its first channel.
-        keep = [torch.arange(g.size) % 3 != 1 for g in self.groups]
+        # About half of every group, one more than a multiple of its step, so that every group that pads gets
+        # padding; the even channels first, so that the kept ones are not all in a row.
+        keep = []
+        for group, step in zip(self.groups, self._steps):
+            order = torch.cat([torch.arange(0, group.size, 2), torch.arange(1, group.size, 2)])
+            kept = torch.zeros(group.size, dtype=torch.bool)
+            kept[order[: min(group.size, group.size // 2 // step * step + 1)]] = True
+            keep.append(kept)
         vectors = keep_vectors(self.groups, keep)
         try:
             with preserved_state(self.model, "eval"), torch.no_grad():
@@ -399,6 +412,11 @@ class CandidateEvaluator:
 
     @contextlib.contextmanager
     def active(self) -> Iterator[CandidateEvaluator]:
-        """Put the model in the evaluation mode of ``norms``; restore its modes, statistics and the RNG on exit."""
-        with preserved_state(self.model, self.norms):
+        """Put the model in the evaluation mode of ``norms``; restore its modes, statistics and the RNG on exit.
+
+        Where sliced views cannot be padded (see the module description), oneDNN is off inside the block, so that
+        the backward passes of a reward that trains a candidate do not meet new shapes either.
+        """
+        exact_on_cpu = self.mode == "slice" and self.device.type == "cpu" and not self.padded
+        with preserved_state(self.model, self.norms), _onednn_off(exact_on_cpu):
             yield self
