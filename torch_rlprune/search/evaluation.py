@@ -129,17 +129,16 @@ class CandidateModel(nn.Module):
             for name, tensor in substitute(module, vectors)
         }
 
-    def _exact_tensors(self) -> dict[str, torch.Tensor]:
-        """The candidate's own tensors; a padded view's read from what it runs, which norms may have updated."""
-        if not self._padded:
-            return self._tensors
-        return {**{name: self._resized(name, t, pad=False) for name, t in self._tensors.items()}, **self._live}
-
     def _substituted(self, named: Iterator[tuple[str, torch.Tensor]], prefix: str) -> Iterator[tuple[str, torch.Tensor]]:
+        """``named`` as the candidate has them; a padded view's read from what it runs (norms may have updated
+        them), one at a time as the caller asks."""
         lead = f"{prefix}.model." if prefix else "model."
-        exact = self._exact_tensors()
         for name, tensor in named:
-            yield lead + name, exact.get(name, tensor)
+            if name in self._live:
+                tensor = self._live[name]
+            elif name in self._tensors:
+                tensor = self._resized(name, self._tensors[name], pad=False) if self._padded else self._tensors[name]
+            yield lead + name, tensor
 
     def named_parameters(  # type: ignore[override]
         self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True
