@@ -12,8 +12,8 @@ one of two ways:
 
 On the CPU a sliced candidate runs *padded*: each group keeps its count rounded up to a multiple of
 1/:data:`PAD_STEPS` of its size, the rounding filled with pruned channels whose tensors are zeroed, and whose
-consumers' columns are zeroed too, so that they change nothing. oneDNN, which runs convolutions several times
-faster, compiles and keeps a kernel for every shape it meets; exact counts brought new shapes with every candidate
+consumers' columns are zeroed too, so that they change nothing. oneDNN, which ran a sliced BasicCNN 2.4 times
+as fast, compiles and keeps a kernel for every shape it meets; exact counts brought new shapes with every candidate
 and grew a 500-episode search by 1.3 GiB, padded ones bring at most :data:`PAD_STEPS` widths per group.
 Where padding could change the result (a norm over the channels), the groups concerned run at their exact counts,
 and if one padded candidate does not compute what the exact one does, all do, with oneDNN off.
@@ -50,8 +50,8 @@ __all__ = ["CandidateEvaluator", "CandidateModel", "zeroed_tensors", "MODES", "P
 #: How a candidate can run: ``"auto"`` picks ``"slice"`` on the CPU and ``"mask"`` elsewhere.
 MODES = ("auto", "slice", "mask")
 #: The widths a padded group runs at on the CPU: multiples of 1/PAD_STEPS of its size. A 500-episode BasicCNN
-#: search on 2 threads grew its peak memory by 86 MiB with 8 and by 373 MiB with 16; with 4 the padding cost more
-#: time than oneDNN saved.
+#: search grew its peak memory by 51-117 MiB with 8 (five runs) and by 373 MiB with 16 (one); 6 was slower and no
+#: leaner (96-98 MiB), and with 4 the padding cost more time than oneDNN saved.
 PAD_STEPS = 8
 
 
