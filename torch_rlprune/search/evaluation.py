@@ -106,7 +106,7 @@ class CandidateModel(nn.Module):
             parts = flat.split([v.numel() for v in vectors.values()]) if flat is not None else ()
             self._tensors = self._named(zeroed_tensors, dict(zip(vectors, parts)))
         elif padded:
-            selected = keep_vectors(evaluator.groups, evaluator.padding(keep))
+            selected = keep_vectors(evaluator.groups, evaluator._padding(keep))
             # which of the channels the padded view runs are the candidate's
             self._kept_in_run = {key: vectors[key][selected[key]] for key in vectors}
 
@@ -336,7 +336,7 @@ class CandidateEvaluator:
             self._padded = self._pads_exactly(self._inputs)
         return self._padded
 
-    def padding(self, keep: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    def _padding(self, keep: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """``keep`` with each group's first pruned channels added until its count is a multiple of its step."""
         padded = []
         for kept, step, group in zip(keep, self._steps, self.groups):
