@@ -247,6 +247,62 @@ def test_chunk_whose_sizes_follow_the_tensor_keeps_both_halves():
     assert [g.producers[0].name for g in groups] == ["branch.0", "branch.2"]
 
 
+class FunctionalLinear(nn.Linear):
+    """A ``Linear`` whose forward torch.fx traces into, as timm's: it calls ``F.linear`` with its own weight."""
+
+    def forward(self, x):
+        return F.linear(x, self.weight, self.bias)
+
+
+class PadSame(nn.Conv2d):
+    """A conv that pads by the input's size, as timm's ``Conv2dSame``: torch.fx cannot trace its forward."""
+
+    def forward(self, x):
+        if x.shape[-1] % 2:  # control flow on a traced value
+            x = F.pad(x, (0, 1, 0, 1))
+        return F.conv2d(x, self.weight, self.bias, self.stride)
+
+
+def test_linear_subclass_calling_f_linear_consumes_the_flattened_channels():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), FunctionalLinear(8 * 4 * 4, 5))
+    x = torch.randn(2, 3, 6, 6)
+    (group,) = rlp.channel_groups(model, x)
+    assert [(m.name, m.role, m.expand) for m in group.members] == [("0", Role.PRODUCER, 1), ("3", Role.CONSUMER, 16)]
+    _, small = _prune_and_slim(model, x)
+    assert small[3].in_features == 16 * small[0].out_channels == 64
+
+
+def test_linear_subclass_calling_f_linear_with_another_weight_is_opaque():
+    class Tied(nn.Linear):
+        def forward(self, x):
+            return F.linear(x, self.weight[:, :-1], self.bias)
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), Tied(9, 5))
+    groups = rlp.channel_groups(model, torch.randn(1, 3, 4, 4))
+    assert len(groups) == 0 and "function 'linear'" in groups.excluded["0"]
+
+
+def test_conv_subclass_that_torch_fx_cannot_trace_is_taken_whole_as_a_conv():
+    model = _randomize_norms(nn.Sequential(PadSame(3, 8, 3, stride=2), nn.BatchNorm2d(8), PadSame(8, 4, 3)))
+    x = torch.randn(2, 3, 7, 7)
+    with pytest.raises(torch.fx.proxy.TraceError):
+        torch.fx.symbolic_trace(model)
+    (group,) = rlp.channel_groups(model, x)
+    assert [(m.name, m.role) for m in group.members] == [("0", Role.PRODUCER), ("1", Role.NORM), ("2", Role.CONSUMER)]
+    _, small = _prune_and_slim(model, x)
+    assert type(small[0]) is PadSame and small[0].out_channels == small[2].in_channels == 4
+
+
+def test_untraceable_module_that_is_no_layer_still_names_itself():
+    class Branchy(nn.Module):
+        def forward(self, x):
+            return x if x.sum() > 0 else -x
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), Branchy(), nn.Conv2d(8, 2, 1))
+    with pytest.raises(ValueError, match=r"inside module '1'.*leaf_modules=\['1'\]"):
+        rlp.channel_groups(model, torch.randn(1, 3, 4, 4))
+
+
 def test_save_and_load_a_model_whose_conv_output_is_split(tmp_path):
     model = _randomize_norms(CrossStage(3, 4))
     x = torch.randn(2, 3, 6, 6)

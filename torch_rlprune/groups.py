@@ -228,9 +228,11 @@ _REDUCE_METHODS = {"mean", "sum", "amax", "amin"}
 _FLATTEN_FUNCTIONS = {torch.flatten}
 _RESHAPE_METHODS = {"view", "reshape", "flatten"}
 _VIEW_METHODS = {"view", "reshape", "unsqueeze", "expand", "expand_as", "to", "type_as"}
-# Functional norms and the module types whose tensors they may use: a norm module whose forward calls one (timm's
-# BatchNormAct2d, a LayerNorm2d) is then one norm member, like nn.BatchNorm2d or nn.LayerNorm.
-_NORM_FUNCTIONS = {F.batch_norm: _BatchNorm, F.instance_norm: _InstanceNorm, F.layer_norm: nn.LayerNorm}
+# Functional layers and the module types whose tensors they may use: a module whose forward calls one (timm's
+# BatchNormAct2d, a LayerNorm2d, timm's Linear) is then one member, like nn.BatchNorm2d, nn.LayerNorm or nn.Linear.
+_LAYER_FUNCTIONS = {
+    F.batch_norm: _BatchNorm, F.instance_norm: _InstanceNorm, F.layer_norm: nn.LayerNorm, F.linear: nn.Linear,
+}  # fmt: skip
 
 
 def _shape(node: Any) -> torch.Size | None:
@@ -639,23 +641,29 @@ class _GroupBuilder:
         self.add_members(src[1], name, Role.NORM)
         return src[1]
 
-    def functional_norm(self, node: fx.Node) -> _Layout | None:
-        """``F.batch_norm``, ``F.instance_norm`` or ``F.layer_norm`` called by the norm module whose forward is
-        being traced."""
+    def functional_layer(self, node: fx.Node) -> _Layout | None:
+        """``F.batch_norm``, ``F.instance_norm``, ``F.layer_norm`` or ``F.linear`` called by the layer module (a
+        subclass of the matching ``torch.nn`` type) whose forward is being traced, with a weight of its shape."""
         stack = node.meta.get("nn_module_stack") or {}
         owner = next(reversed(stack.values()))[0] if stack else None
         module = self.modules.get(owner) if isinstance(owner, str) else None
-        if not isinstance(module, _NORM_FUNCTIONS[node.target]):
+        if not isinstance(module, _LAYER_FUNCTIONS[node.target]):
             return self.unknown(node)
         if owner in self.calls:
             return self.reused(node, owner, module)
         in_shape = _shape(node.args[0]) if node.args else None
-        if node.target is F.layer_norm:
+        if node.target is F.linear:
+            weight = node.args[1] if len(node.args) > 1 else node.kwargs.get("weight")
+            if _shape(weight) != module.weight.shape:  # not the module's weight: slicing could not cut it
+                return self.unknown(node)
+            out = self.linear(node, owner, module)
+        elif node.target is F.layer_norm:
             out = self.layer_norm(node, owner, module, len(in_shape) - 1) if in_shape else self.unknown(node)
         else:
             out = self.norm(node, owner)
-        if out is not None:
-            self.calls[owner] = (out, out)
+        src = self.single_input(node)
+        if out is not None and src is not None:
+            self.calls[owner] = (src[1], out)
         return out
 
     def reused(self, node: fx.Node, name: str, module: nn.Module) -> _Layout | None:
@@ -716,8 +724,8 @@ class _GroupBuilder:
             return self.split(node)
         if target is operator.getitem:
             return self.getitem(node)
-        if target in _NORM_FUNCTIONS:
-            return self.functional_norm(node)
+        if target in _LAYER_FUNCTIONS:
+            return self.functional_layer(node)
         if target in _REDUCE_FUNCTIONS:
             return self.reduce(node)
         if target in _FLATTEN_FUNCTIONS:
@@ -838,6 +846,36 @@ def check_groups_of(model: nn.Module, groups: Sequence[ChannelGroup], caller: st
                 )
 
 
+# Layer types whose subclasses may be taken whole where torch.fx cannot trace their forward.
+_LAYER_TYPES = (*CONV_TYPES, nn.Linear, _BatchNorm, _InstanceNorm)
+
+
+def _graph(model: nn.Module, leaf_modules: Sequence[str | type], caller: str) -> fx.Graph:
+    """The traced graph of ``model``; a layer subclass whose forward torch.fx cannot follow (timm's Conv2dSame
+    pads by the input's size) is taken whole, as its base type, and slim's verification checks that it slices so."""
+    leaves = list(leaf_modules)
+    while True:
+        tracer = _Tracer(leaves)
+        try:
+            with hook_tensors_kept(model):
+                return tracer.trace(model)
+        except Exception as exc:
+            failed = tracer.stack[-1] if tracer.stack else ""
+            if failed and failed not in leaves and isinstance(model.get_submodule(failed), _LAYER_TYPES):
+                leaves.append(failed)
+                continue
+            where = f"inside module '{failed}'" if failed else "in its forward"
+            hint = (
+                f"pass leaf_modules=['{failed}'] to treat that module as opaque (its channels are then not pruned)"
+                if failed
+                else "make the model's forward traceable"
+            )
+            raise ValueError(
+                f"{caller}: torch.fx could not trace {type(model).__name__} ({type(exc).__name__} {where}: {exc}). "
+                f"To proceed, {hint}, or pass the channel groups explicitly."
+            ) from exc
+
+
 def trace(
     model: nn.Module, example_inputs: ExampleInputs, leaf_modules: Sequence[str | type] = (), caller: str = "trace"
 ) -> fx.GraphModule:
@@ -849,23 +887,8 @@ def trace(
     if not isinstance(model, nn.Module):
         raise TypeError(f"{caller}: model must be a torch.nn.Module, got {type(model).__name__}.")
     inputs = as_input_tuple(example_inputs, caller, model)
-    tracer = _Tracer(leaf_modules)
     with preserved_state(model, "eval"):
-        try:
-            with hook_tensors_kept(model):
-                graph = tracer.trace(model)
-        except Exception as exc:
-            where = f"inside module '{tracer.stack[-1]}'" if tracer.stack and tracer.stack[-1] else "in its forward"
-            hint = (
-                f"pass leaf_modules=['{tracer.stack[-1]}'] to treat that module as opaque (its channels are then "
-                "not pruned)"
-                if tracer.stack and tracer.stack[-1]
-                else "make the model's forward traceable"
-            )
-            raise ValueError(
-                f"{caller}: torch.fx could not trace {type(model).__name__} ({type(exc).__name__} {where}: {exc}). "
-                f"To proceed, {hint}, or pass the channel groups explicitly."
-            ) from exc
+        graph = _graph(model, leaf_modules, caller)
         gm = fx.GraphModule(model, graph)
         # ShapeProp prints the traceback of a failing node to stderr before re-raising; the error below says it.
         try:
