@@ -303,6 +303,28 @@ def test_untraceable_module_that_is_no_layer_still_names_itself():
         rlp.channel_groups(model, torch.randn(1, 3, 4, 4))
 
 
+class AffineShift(nn.Module):
+    """timm's ``LearnableAffineBlock``: a scalar scale and shift, so a pruned (zero) channel leaves it non-zero."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale, self.shift = nn.Parameter(torch.tensor([1.5])), nn.Parameter(torch.tensor([0.7]))
+
+    def forward(self, x):
+        return self.scale * x + self.shift
+
+
+def test_pruned_channels_carrying_a_constant_into_zero_padding_are_masked_in_the_consumer():
+    # The constant meets the next conv's zero border: only masking that conv's columns makes removing them exact.
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), AffineShift(), nn.Conv2d(8, 4, 3, padding=1))
+    model = _randomize_norms(model)
+    x = torch.randn(2, 3, 8, 8)
+    masked, small = _prune_and_slim(model, x)
+    pruned = (masked[0].weight_mask.flatten(1).sum(1) == 0).nonzero().reshape(-1)
+    assert len(pruned) == 4 and small[3].in_channels == 4
+    assert not masked[3].weight_mask[:, pruned].any() and masked[3].weight_mask[:, ~torch.isin(torch.arange(8), pruned)].all()
+
+
 def test_save_and_load_a_model_whose_conv_output_is_split(tmp_path):
     model = _randomize_norms(CrossStage(3, 4))
     x = torch.randn(2, 3, 6, 6)

@@ -1,8 +1,10 @@
 """Channel masks as ordinary :mod:`torch.nn.utils.prune` masks.
 
 Pruning channel ``c`` of a group masks row ``c`` of every filter member's weight (producers and tied depthwise
-convs) and bias, and entry ``c`` of every norm's weight and bias, through :func:`prune.custom_from_mask`. The
-pruned channel is then exactly zero wherever the group's tensor flows, so consumers need no mask of their own.
+convs) and bias, entry ``c`` of every norm's weight and bias, and column ``c`` of every consumer's weight, through
+:func:`prune.custom_from_mask`. The pruned channel is then zero wherever the group's tensor flows, and whatever it
+still carries on the way (a constant shift after it, as timm's ``LearnableAffineBlock`` adds, or ``sigmoid(0)``)
+reaches no consumer: the masked model computes what the sliced one does.
 Masks compose with earlier ones the way :class:`prune.PruningContainer` composes them: by multiplication.
 """
 
@@ -46,9 +48,12 @@ def effective_weight(module: nn.Module, name: str = "weight") -> torch.Tensor:
 
 
 def masked_tensors(member: Member) -> tuple[str, ...]:
-    """Names of the ``member``'s tensors that a channel mask covers (``weight`` and ``bias`` where present)."""
-    if member.role in (Role.CONSUMER, Role.SCALE):  # what they meet at a pruned channel is zero already
+    """Names of the ``member``'s tensors that a channel mask covers (``weight`` and ``bias`` where present; a
+    consumer's ``weight`` only, along its input dim)."""
+    if member.role is Role.SCALE:  # what it meets at a pruned channel is zero, and the consumers' columns are masked
         return ()
+    if member.role is Role.CONSUMER:
+        return ("weight",)
     return tuple(
         n for n in ("weight", "bias") if getattr(member.module, n + "_orig", getattr(member.module, n, None)) is not None
     )
@@ -85,7 +90,7 @@ def apply_channel_masks(groups: Sequence[ChannelGroup], keep: Sequence[torch.Ten
     """Mask the channels that ``keep`` marks ``False`` in every member of each group.
 
     Every producer and tied conv gets ``weight_mask`` (dim 0) and ``bias_mask``, every norm ``weight_mask`` and
-    ``bias_mask``, applied with :func:`torch.nn.utils.prune.custom_from_mask` so that ``prune.is_pruned`` and
+    ``bias_mask``, every consumer ``weight_mask`` (dim 1), applied with :func:`torch.nn.utils.prune.custom_from_mask` so that ``prune.is_pruned`` and
     ``prune.remove`` work as for any pruning method, and so that masks compose with earlier ones.
 
     Args:
@@ -96,6 +101,10 @@ def apply_channel_masks(groups: Sequence[ChannelGroup], keep: Sequence[torch.Ten
         if kept.shape != (group.size,):
             raise ValueError(f"keep mask for group {group.name!r} has shape {tuple(kept.shape)}, need ({group.size},)")
         for member in group.members:
+            # A consumer of a group pruned whole (min_keep=0) would have every column masked, so its own filters
+            # would read as pruned: it keeps its columns, which meet zeros.
+            if member.role is Role.CONSUMER and not kept.any():
+                continue
             for tensor_name in masked_tensors(member):
                 param = getattr(member.module, tensor_name)
                 pruned = (~kept).nonzero().reshape(-1).to(param.device)

@@ -20,7 +20,7 @@ from torch.utils._pytree import tree_flatten
 
 from ._inputs import ExampleInputs, as_input_tuple
 from ._state import preserved_state, pruning_hooks
-from .groups import ChannelGroup, ChannelGroups, Role, channel_groups
+from .groups import ChannelGroup, ChannelGroups, Member, Role, channel_groups
 from .layers import layer_of
 from .masks import KeepVectors, keep_vectors, masked_tensors
 
@@ -83,6 +83,8 @@ def check_consistent(groups: Sequence[ChannelGroup]) -> list[torch.Tensor]:
             rows = _rows_alive(member.module, "weight", member.indices(everything), group.size, seen)
             alive &= True if rows is None else rows
         for member in group.members:
+            if member.role is Role.CONSUMER:  # a column mask is sliced with its column: never inexact
+                continue
             for name in masked_tensors(member):
                 rows = _rows_alive(member.module, name, member.indices(everything), group.size, seen)
                 if rows is None:
@@ -181,8 +183,24 @@ def _copy(model: nn.Module, *, for_removal: bool = False) -> nn.Module:
             setattr(module, name, value)
 
 
-def _pruned_consumers(groups: Sequence[ChannelGroup], keeps: Sequence[torch.Tensor]) -> set[nn.Module]:
-    return {m.module for g, k in zip(groups, keeps) if not k.all() for m in g.consumers}
+#: A consumer that reads pruned channels of a group: ``(group, consumer member, the pruned channels)``.
+_Reader = tuple[ChannelGroup, Member, torch.Tensor]
+
+
+def _unmasked_readers(groups: Sequence[ChannelGroup], keeps: Sequence[torch.Tensor]) -> list[_Reader]:
+    """The consumers whose columns for pruned channels are not all masked (after ``prune.ln_structured`` on a conv
+    alone; :func:`~torch_rlprune.apply_channel_masks` masks them): what those channels carry may need folding."""
+    readers = []
+    for group, kept in zip(groups, keeps):
+        channels = (~kept).nonzero().reshape(-1)
+        for member in group.consumers if len(channels) else ():
+            module = member.module
+            weight, mask = getattr(module, "weight_orig", module.weight), getattr(module, "weight_mask", None)
+            idx = member.indices(channels).to(weight.device)
+            columns = weight.index_select(1, idx) * (1 if mask is None else mask.index_select(1, idx))
+            if columns.any():
+                readers.append((group, member, channels))
+    return readers
 
 
 def _run_masked(
@@ -201,12 +219,7 @@ def _run_masked(
     return output, seen
 
 
-def _fold_constants(
-    seen: dict[nn.Module, torch.Tensor],
-    groups: Sequence[ChannelGroup],
-    keeps: Sequence[torch.Tensor],
-    target: dict[str, nn.Module],
-) -> None:
+def _fold_constants(seen: dict[nn.Module, torch.Tensor], readers: list[_Reader], target: dict[str, nn.Module]) -> None:
     """Move what pruned channels still feed their consumers into the consumers' biases.
 
     A pruned filter whose bias or following norm shift was left unmasked (as after ``prune.ln_structured`` on a
@@ -214,38 +227,36 @@ def _fold_constants(
     consumer's bias, which is possible when the consumer sees it at every position: a ``Linear``, or a conv
     without padding.
     """
-    pruned = [(g, (~k).nonzero().reshape(-1)) for g, k in zip(groups, keeps) if not k.all()]
-    for group, channels in pruned:
-        for member in group.consumers:
-            if member.module not in seen:
-                continue
-            idx = member.indices(channels).to(seen[member.module].device)
-            along = -1 if isinstance(member.module, nn.Linear) else 1  # a Linear reads the last dim
-            values = seen[member.module].index_select(along, idx).movedim(along, 0).reshape(idx.numel(), -1)
-            if not values.any():
-                continue
-            constant = values[:, 0]
-            scale = values.abs().max()
-            if (values - constant[:, None]).abs().max() > 1e-6 * scale:
-                raise ValueError(
-                    f"slim: pruned channels of group {group.name!r} still carry varying values into "
-                    f"{member.name!r}, so removing them would change the output; mask them completely (weights "
-                    "of every coupled conv) with torch_rlprune.global_structured or apply_channel_masks."
-                )
-            module = target[member.name]
-            padding = getattr(module, "padding", "valid")
-            if padding == "same" or not isinstance(padding, str) and any(padding):
-                raise ValueError(
-                    f"slim: pruned channels of group {group.name!r} feed the constant {constant[0].item():.4g} "
-                    f"(and others) into {member.name!r}, whose zero padding makes removing them inexact. Mask "
-                    "their biases and norms too (torch_rlprune.global_structured and apply_channel_masks do)."
-                )
-            weight = module.weight.detach().index_select(1, idx.to(module.weight.device))
-            shift = (weight * constant.to(weight).view(1, -1, *([1] * (weight.dim() - 2)))).flatten(1).sum(1)
-            if module.bias is None:
-                module.bias = nn.Parameter(torch.zeros_like(shift), requires_grad=module.weight.requires_grad)
-            with torch.no_grad():
-                module.bias.add_(shift)
+    for group, member, channels in readers:
+        if member.module not in seen:  # not called by the forward pass
+            continue
+        idx = member.indices(channels).to(seen[member.module].device)
+        along = -1 if isinstance(member.module, nn.Linear) else 1  # a Linear reads the last dim
+        values = seen[member.module].index_select(along, idx).movedim(along, 0).reshape(idx.numel(), -1)
+        if not values.any():
+            continue
+        constant = values[:, 0]
+        scale = values.abs().max()
+        if (values - constant[:, None]).abs().max() > 1e-6 * scale:
+            raise ValueError(
+                f"slim: pruned channels of group {group.name!r} still carry varying values into "
+                f"{member.name!r}, so removing them would change the output; mask them completely (weights "
+                "of every coupled conv) with torch_rlprune.global_structured or apply_channel_masks."
+            )
+        module = target[member.name]
+        padding = getattr(module, "padding", "valid")
+        if padding == "same" or not isinstance(padding, str) and any(padding):
+            raise ValueError(
+                f"slim: pruned channels of group {group.name!r} feed the constant {constant[0].item():.4g} "
+                f"(and others) into {member.name!r}, whose zero padding makes removing them inexact. Mask "
+                "their biases and norms too (torch_rlprune.global_structured and apply_channel_masks do)."
+            )
+        weight = module.weight.detach().index_select(1, idx.to(module.weight.device))
+        shift = (weight * constant.to(weight).view(1, -1, *([1] * (weight.dim() - 2)))).flatten(1).sum(1)
+        if module.bias is None:
+            module.bias = nn.Parameter(torch.zeros_like(shift), requires_grad=module.weight.requires_grad)
+        with torch.no_grad():
+            module.bias.add_(shift)
 
 
 def _unmask(model: nn.Module) -> None:
@@ -424,10 +435,11 @@ def slim(
     device and ``requires_grad``. Masks on convs that no group can slice (for example the last conv before the
     output) stay as zeros in the dense weights.
 
-    A pruned channel usually outputs exactly zero, since its weights, bias and norm entries are all masked. Where
-    a bias or norm shift was left unmasked (as after ``prune.ln_structured`` on a conv alone) the channel outputs
-    a constant, which is folded into the consumers' biases when that is exact (a ``Linear``, or a conv without
-    padding); otherwise ``slim`` refuses with an explanation.
+    Masks from :func:`torch_rlprune.global_structured` or :func:`torch_rlprune.apply_channel_masks` also cover the
+    consumers' columns, so nothing a pruned channel carries reaches the rest of the network. Masks made layer by
+    layer (``prune.ln_structured`` on a conv alone) leave the bias or a norm's shift, and the pruned channel then
+    outputs a constant, which is folded into the consumers' biases when that is exact (a ``Linear``, or a conv
+    without padding); otherwise ``slim`` refuses with an explanation.
 
     With ``verify=True`` (the default) both models run on ``example_inputs`` in eval mode and ``slim`` raises if
     their outputs differ by more than the tolerance, naming the first submodule where they part.
@@ -481,13 +493,14 @@ def slim(
         groups = channel_groups(model, inputs)
     keeps = check_consistent(groups)
 
-    consumers = _pruned_consumers(groups, keeps)
+    readers = _unmasked_readers(groups, keeps)
+    consumers = {member.module for _, member, _ in readers}
     masked_output, seen = _run_masked(model, inputs, consumers) if verify or consumers else (None, {})
 
     result = _copy(model, for_removal=True)
     target = dict(result.named_modules())
     _unmask(result)
-    _fold_constants(seen, groups, keeps, target)
+    _fold_constants(seen, readers, target)
 
     name_of = {id(m): n for n, m in model.named_modules()}
     vectors = {(target[name_of[id(m)]], dim): v for (m, dim), v in keep_vectors(groups, keeps).items() if not v.all()}
