@@ -169,14 +169,16 @@ def _copy(model: nn.Module, *, for_removal: bool = False) -> nn.Module:
 
     A pruning hook leaves ``<name>`` as a tensor computed from ``<name>_orig``, which deepcopy refuses while it
     is attached to autograd; it is recomputed at every forward, so the copy may hold a detached one. With
-    ``for_removal=True`` the copy shares ``<name>_orig``, ``<name>_mask`` and the computed tensor with ``model``
-    instead of copying them, for a caller that replaces them at once with :func:`_unmask` (which writes to none).
+    ``for_removal=True`` the copy shares ``<name>_orig``, ``<name>_mask``, the computed tensor and the pruning
+    hooks (with the masks they hold) with ``model`` instead of copying them, for a caller that replaces them at once
+    with :func:`_unmask` (which writes to none).
     """
     computed = [(m, name, getattr(m, name)) for m, name in pruning_hooks(model)]
     try:
         for module, name, value in computed:
             setattr(module, name, value.detach())
         shared = [getattr(m, name + s) for m, name in pruning_hooks(model) for s in ("", "_orig", "_mask")]
+        shared += [h for m in model.modules() for h in m._forward_pre_hooks.values() if isinstance(h, prune.BasePruningMethod)]
         return copy.deepcopy(model, {id(t): t for t in shared} if for_removal else None)
     finally:
         for module, name, value in computed:
@@ -197,8 +199,10 @@ def _unmasked_readers(groups: Sequence[ChannelGroup], keeps: Sequence[torch.Tens
             module = member.module
             weight, mask = getattr(module, "weight_orig", module.weight), getattr(module, "weight_mask", None)
             idx = member.indices(channels).to(weight.device)
-            columns = weight.index_select(1, idx) * (1 if mask is None else mask.index_select(1, idx))
-            if columns.any():
+            masked = None if mask is None else mask.index_select(1, idx)
+            if masked is not None and not masked.any():  # the usual case, and the cheap check
+                continue
+            if (weight.index_select(1, idx) * (1 if masked is None else masked)).any():
                 readers.append((group, member, channels))
     return readers
 
