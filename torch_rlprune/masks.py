@@ -90,8 +90,9 @@ def apply_channel_masks(groups: Sequence[ChannelGroup], keep: Sequence[torch.Ten
     """Mask the channels that ``keep`` marks ``False`` in every member of each group.
 
     Every producer and tied conv gets ``weight_mask`` (dim 0) and ``bias_mask``, every norm ``weight_mask`` and
-    ``bias_mask``, every consumer ``weight_mask`` (dim 1), applied with :func:`torch.nn.utils.prune.custom_from_mask` so that ``prune.is_pruned`` and
-    ``prune.remove`` work as for any pruning method, and so that masks compose with earlier ones.
+    ``bias_mask``, every consumer ``weight_mask`` (dim 1), applied with
+    :func:`torch.nn.utils.prune.custom_from_mask` so that ``prune.is_pruned`` and ``prune.remove`` work as for any
+    pruning method, and so that masks compose with earlier ones.
 
     Args:
         groups (sequence of ChannelGroup): the groups to mask.

@@ -178,7 +178,8 @@ def _copy(model: nn.Module, *, for_removal: bool = False) -> nn.Module:
         for module, name, value in computed:
             setattr(module, name, value.detach())
         shared = [getattr(m, name + s) for m, name in pruning_hooks(model) for s in ("", "_orig", "_mask")]
-        shared += [h for m in model.modules() for h in m._forward_pre_hooks.values() if isinstance(h, prune.BasePruningMethod)]
+        hooks = (h for m in model.modules() for h in m._forward_pre_hooks.values())
+        shared += [h for h in hooks if isinstance(h, prune.BasePruningMethod)]
         return copy.deepcopy(model, {id(t): t for t in shared} if for_removal else None)
     finally:
         for module, name, value in computed:
@@ -199,10 +200,10 @@ def _unmasked_readers(groups: Sequence[ChannelGroup], keeps: Sequence[torch.Tens
             module = member.module
             weight, mask = getattr(module, "weight_orig", module.weight), getattr(module, "weight_mask", None)
             idx = member.indices(channels).to(weight.device)
-            masked = None if mask is None else mask.index_select(1, idx)
-            if masked is not None and not masked.any():  # the usual case, and the cheap check
+            kept_by_mask = None if mask is None else mask.index_select(1, idx)
+            if kept_by_mask is not None and not kept_by_mask.any():  # the usual case, and the cheap check
                 continue
-            if (weight.index_select(1, idx) * (1 if masked is None else masked)).any():
+            if (weight.index_select(1, idx) * (1 if kept_by_mask is None else kept_by_mask)).any():
                 readers.append((group, member, channels))
     return readers
 
