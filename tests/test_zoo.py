@@ -13,10 +13,11 @@ timm = pytest.importorskip("timm")
 
 # One small member of each family whose channels reach the tracer in another way: timm's norm-and-activation
 # layers (F.batch_norm called by the norm module), grouped convs, split / slice / cat, squeeze-excitation gates,
-# and ConvNeXt's channels-last LayerNorm, Linear layers and layer scale.
+# ConvNeXt's channels-last LayerNorm, Linear layers and layer scale, timm's Linear (F.linear), Conv2dSame (which
+# torch.fx cannot trace) and HGNet's learnable scalar shift after each norm (pruned channels carry it).
 FAMILIES = [
     "mobilenetv2_050", "regnetx_002", "ghostnet_050", "resnext26ts", "dpn68", "cspresnet50", "efficientnet_b0",
-    "convnext_atto",
+    "convnext_atto", "lcnet_050", "tf_efficientnet_b0", "hgnetv2_b0",
 ]  # fmt: skip
 
 
@@ -30,6 +31,10 @@ def _share_prunable(model, groups):
 def test_timm_model_is_mostly_prunable_and_slices_exactly(name, one_thread):
     torch.manual_seed(0)
     model = timm.create_model(name, pretrained=False, num_classes=10).eval()
+    with torch.no_grad():  # scalar gains and shifts start at 1 and 0, which would hide what pruned channels carry
+        for param in model.parameters():
+            if param.numel() == 1:
+                param.uniform_(0.5, 1.5)
     x = torch.randn(2, 3, 64, 64)
     groups = rlp.channel_groups(model, x)
     assert _share_prunable(model, groups) >= 0.75, groups.excluded
