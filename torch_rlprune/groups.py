@@ -852,7 +852,8 @@ _LAYER_TYPES = (*CONV_TYPES, nn.Linear, _BatchNorm, _InstanceNorm)
 
 def _graph(model: nn.Module, leaf_modules: Sequence[str | type], caller: str) -> fx.Graph:
     """The traced graph of ``model``; a layer subclass whose forward torch.fx cannot follow (timm's Conv2dSame
-    pads by the input's size) is taken whole, as its base type, and slim's verification checks that it slices so."""
+    pads by the input's size) is taken whole, every instance of it, as its base type, and slim's verification
+    checks that it slices so."""
     leaves = list(leaf_modules)
     while True:
         tracer = _Tracer(leaves)
@@ -861,8 +862,9 @@ def _graph(model: nn.Module, leaf_modules: Sequence[str | type], caller: str) ->
                 return tracer.trace(model)
         except Exception as exc:
             failed = tracer.stack[-1] if tracer.stack else ""
-            if failed and failed not in leaves and isinstance(model.get_submodule(failed), _LAYER_TYPES):
-                leaves.append(failed)
+            layer = type(model.get_submodule(failed)) if failed else None
+            if layer is not None and issubclass(layer, _LAYER_TYPES) and layer not in leaves:
+                leaves.append(layer)
                 continue
             where = f"inside module '{failed}'" if failed else "in its forward"
             hint = (
