@@ -508,12 +508,13 @@ def slim(
     _fold_constants(seen, readers, target)
 
     name_of = {id(m): n for n, m in model.named_modules()}
-    vectors = {(target[name_of[id(m)]], dim): v for (m, dim), v in keep_vectors(groups, keeps).items() if not v.all()}
+    kept = keep_vectors(groups, keeps)
+    vectors = {(target[name_of[id(m)]], dim): v for (m, dim), v in kept.items() if not v.all()}
     tied = {target[m.name] for g in groups for m in g.tied}
     apply_slices(vectors, tied)
 
     if verify:
-        out_keep = {name_of[id(m)]: v for (m, dim), v in keep_vectors(groups, keeps).items() if dim == 0}
+        out_keep = {name_of[id(m)]: v for (m, dim), v in kept.items() if dim == 0}
         _verify(model, result, inputs, masked_output, out_keep, atol, rtol)
     if inplace:
         _adopt(model, result)
