@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     print_header("lottery.py")
     data = dense.splits(args)
     model, record = dense.dense_network(args, data, log=lambda line: print(line, flush=True))
-    settings = {**dense.settings(args), **{k: getattr(args, k) for k in protocol.SETTINGS},
+    settings = {**dense.settings(args), **protocol.settings(args),
                 "episodes": args.episodes, "finalists": args.finalists, "reward": args.reward,
                 "min_keep": args.min_keep, "amount": args.amount, "search_epoch": args.search_epoch}  # fmt: skip
     results = protocol.Results(Path(args.out), settings)

@@ -39,6 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="training batches that re-estimate the norm statistics of a recalibrated reward (4)")
     p.add_argument("--short-steps", type=int, default=20,
                    help="SGD steps of a short-trained reward (acc-short, loss-short), at --finetune-lr (20)")
+    p.add_argument("--reward-pool", type=int, default=1,
+                   help="sets of --val-batches validation batches that the search reward scores on in turn, one set "
+                   "per reward (default 1: the same batches every time)")  # fmt: skip
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice); two "
                    "scripts side by side on 2 cores run best with 1 each")  # fmt: skip
 
@@ -46,6 +49,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 #: Settings of the protocol that change the numbers: a results file made with others is not resumed.
 SETTINGS = ("finetune_epochs", "finetune_lr", "val_batches", "val_batch_size", "calibration_batches", "short_steps",
             "batch_size")  # fmt: skip
+
+
+def settings(args: argparse.Namespace) -> dict[str, Any]:
+    """:data:`SETTINGS` of this run, and ``reward_pool`` where it is not 1 (files from before it had none)."""
+    chosen = {k: getattr(args, k) for k in SETTINGS}
+    return chosen if args.reward_pool == 1 else {**chosen, "reward_pool": args.reward_pool}
 
 
 def validation_loader(args: argparse.Namespace, data: Splits, offset: int = 0) -> Any:
@@ -137,14 +146,31 @@ def environment() -> dict[str, Any]:
             "threads": torch.get_num_threads(), "cores": available_cores(), "device": "cpu"}  # fmt: skip
 
 
+class InTurn:
+    """A search reward that scores each candidate on the next of several sets of validation batches, in turn: a
+    search that sees the same few images at every reward learns them (``--reward-pool``)."""
+
+    def __init__(self, rewards: list[Any]) -> None:
+        self.rewards, self.calls = rewards, 0
+
+    def __call__(self, model: nn.Module) -> float:
+        reward = self.rewards[self.calls % len(self.rewards)]
+        self.calls += 1
+        return reward(model)
+
+
 def search_inputs(args: argparse.Namespace, data: Splits) -> tuple[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor]]:
     """What every search of a table gets: ``(reward, norms, final reward)`` and the validation batches as one
-    ``(inputs, targets)`` pair (what SNIP scores on). The finalists are re-scored on the validation batches after
-    the search's, with the same kind of reward."""
-    reward = (*make_reward(args.reward, args, data),
-              make_reward(args.reward, args, data, offset=args.val_batches)[0])  # fmt: skip
+    ``(inputs, targets)`` pair (what SNIP scores on). The search's reward takes ``--reward-pool`` sets of
+    validation batches in turn (one set by default); the finalists are re-scored on the batches after them, with
+    the same kind of reward."""
+    if args.reward_pool < 1:
+        raise SystemExit(f"--reward-pool must be at least 1, got {args.reward_pool}")
+    pool = [make_reward(args.reward, args, data, offset=i * args.val_batches) for i in range(args.reward_pool)]
+    search = pool[0][0] if len(pool) == 1 else InTurn([reward for reward, _ in pool])
+    final = make_reward(args.reward, args, data, offset=args.reward_pool * args.val_batches)[0]
     pairs = list(validation_loader(args, data))
-    return reward, (torch.cat([x for x, _ in pairs]), torch.cat([y for _, y in pairs]))
+    return (search, pool[0][1], final), (torch.cat([x for x, _ in pairs]), torch.cat([y for _, y in pairs]))
 
 
 def mean_std(values: list[float]) -> str:

@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     model, record = dense.dense_network(args, data, log=lambda line: print(line, flush=True))
     print(f"dense network: test accuracy {record['test_accuracy']:.4f}", flush=True)
     example = torch.zeros(1, data.in_channels, data.image_size, data.image_size)
-    settings = {**dense.settings(args), **{k: getattr(args, k) for k in protocol.SETTINGS},
+    settings = {**dense.settings(args), **protocol.settings(args),
                 "episodes": args.episodes, "finalists": args.finalists, "reward": args.reward,
                 "min_keep": args.min_keep}  # fmt: skip
     results = protocol.Results(Path(args.out), settings)

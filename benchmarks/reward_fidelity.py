@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     model, record = dense.dense_network(args, data)
     print(f"dense network: test accuracy {record['test_accuracy']:.4f}", flush=True)
     example = torch.zeros(1, data.in_channels, data.image_size, data.image_size)
-    settings = {**dense.settings(args), **{k: getattr(args, k) for k in protocol.SETTINGS},
+    settings = {**dense.settings(args), **protocol.settings(args),
                 "masks": args.masks, "sparsity": args.sparsity}  # fmt: skip
     results = protocol.Results(Path(args.out), settings)
     if args.report:
