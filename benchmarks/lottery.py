@@ -102,7 +102,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     snapshots = {"init": torch.load(Path(args.dense_dir) / "epoch0.pt", weights_only=True),
                  "k": torch.load(Path(args.dense_dir) / f"epoch{args.search_epoch}.pt", weights_only=True)}  # fmt: skip
-    reward, val = protocol.search_inputs(args, data)
     example = torch.zeros(1, data.in_channels, data.image_size, data.image_size)
     # The pruned networks train with the dense network's schedule, not quality.py's fine-tuning one.
     schedule = argparse.Namespace(**{**vars(args), "finetune_epochs": args.epochs, "finetune_lr": args.lr})
@@ -113,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         todo = [r for r in REWINDS if f"{method}|{r}|{seed}" not in results.done]
         if not todo:
             continue
+        reward, val = protocol.search_inputs(args, data)  # per run: a --reward-pool starts its turns afresh
         searched = copy.deepcopy(model)
         searched.load_state_dict(snapshots["k"])
         start = time.perf_counter()

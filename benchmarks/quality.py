@@ -212,7 +212,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.report:
         report(args, results.runs, record["test_accuracy"])
         return 0
-    reward, val = protocol.search_inputs(args, data)
     load = OtherLoad()
     load.start()
     plan = [(t, seed, m) for t in args.targets for seed in args.seeds for m in args.methods
@@ -221,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         key = f"{method}|{target}|{seed}"
         if key in results.done:
             continue
+        reward, val = protocol.search_inputs(args, data)  # per run: a --reward-pool starts its turns afresh
         pruned = copy.deepcopy(model)
         start = time.perf_counter()
         evaluations = METHODS[method](pruned, example, amount_of(target), args, reward, seed, val)
