@@ -15,17 +15,22 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils import prune
 
-__all__ = ["preserved_state", "pruning_hooks", "hook_tensors_kept"]
+__all__ = ["preserved_state", "pruning_methods", "pruning_hooks", "hook_tensors_kept"]
 
 
-def pruning_hooks(model: nn.Module) -> list[tuple[nn.Module, str]]:
-    """``(module, name)`` of every tensor a ``torch.nn.utils.prune`` hook recomputes before each forward."""
+def pruning_methods(model: nn.Module) -> list[tuple[nn.Module, prune.BasePruningMethod]]:
+    """Every ``torch.nn.utils.prune`` hook of ``model``'s modules, with its module."""
     return [
-        (module, hook._tensor_name)
+        (module, hook)
         for module in model.modules()
         for hook in module._forward_pre_hooks.values()
         if isinstance(hook, prune.BasePruningMethod)
     ]
+
+
+def pruning_hooks(model: nn.Module) -> list[tuple[nn.Module, str]]:
+    """``(module, name)`` of every tensor a ``torch.nn.utils.prune`` hook recomputes before each forward."""
+    return [(module, hook._tensor_name) for module, hook in pruning_methods(model)]
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ from torch.nn.utils import prune
 from torch.utils._pytree import tree_flatten
 
 from ._inputs import ExampleInputs, as_input_tuple
-from ._state import preserved_state, pruning_hooks
+from ._state import preserved_state, pruning_hooks, pruning_methods
 from .groups import ChannelGroup, ChannelGroups, Member, Role, channel_groups
 from .layers import layer_of
 from .masks import KeepVectors, keep_vectors, masked_tensors
@@ -178,8 +178,7 @@ def _copy(model: nn.Module, *, for_removal: bool = False) -> nn.Module:
         for module, name, value in computed:
             setattr(module, name, value.detach())
         shared = [getattr(m, name + s) for m, name in pruning_hooks(model) for s in ("", "_orig", "_mask")]
-        hooks = (h for m in model.modules() for h in m._forward_pre_hooks.values())
-        shared += [h for h in hooks if isinstance(h, prune.BasePruningMethod)]
+        shared += [hook for _, hook in pruning_methods(model)]
         return copy.deepcopy(model, {id(t): t for t in shared} if for_removal else None)
     finally:
         for module, name, value in computed:
