@@ -57,14 +57,14 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
     return chosen if args.reward_pool == 1 else {**chosen, "reward_pool": args.reward_pool}
 
 
-def validation_loader(args: argparse.Namespace, data: Splits, offset: int = 0) -> Any:
-    """``--val-batches`` fixed batches of the validation split, starting ``offset`` batches in (fresh batches for
-    re-scoring); a seeded permutation so that every batch mixes the classes."""
+def validation_loader(args: argparse.Namespace, data: Splits, offset: int = 0, sets: int = 1) -> Any:
+    """``sets`` times ``--val-batches`` fixed batches of the validation split, starting ``offset`` batches in (fresh
+    batches for re-scoring); a seeded permutation so that every batch mixes the classes."""
     order = torch.randperm(len(data.val), generator=torch.Generator().manual_seed(0))
-    size = args.val_batch_size
-    picked = order[offset * size : (offset + args.val_batches) * size]
-    if len(picked) < args.val_batches * size:
-        raise SystemExit(f"the validation split has too few images for {offset + args.val_batches} batches of {size}")
+    size, count = args.val_batch_size, sets * args.val_batches
+    picked = order[offset * size : (offset + count) * size]
+    if len(picked) < count * size:
+        raise SystemExit(f"the validation split has too few images for {offset + count} batches of {size}")
     subset = torch.utils.data.TensorDataset(*data.val.batch(picked))
     return batches(subset, size)
 
@@ -74,18 +74,10 @@ def calibration_loader(args: argparse.Namespace, data: Splits) -> Any:
     return batches(data.train, args.batch_size, shuffle=True, generator=torch.Generator().manual_seed(1))
 
 
-def _accuracy(loader: Any, args: argparse.Namespace) -> Any:
-    return rlp.rewards.Accuracy(loader, batches=args.val_batches)
-
-
-def _loss(loader: Any, args: argparse.Namespace) -> Any:
-    return rlp.rewards.NegativeLoss(loader, batches=args.val_batches)
-
-
-def _variant(measure: Callable[[Any, argparse.Namespace], Any], norms: str, recalibrated: bool = False,
-             trained: bool = False) -> Callable[[argparse.Namespace, Splits, int], tuple[Any, str]]:  # fmt: skip
-    def build(args: argparse.Namespace, data: Splits, offset: int) -> tuple[Any, str]:
-        reward = measure(validation_loader(args, data, offset), args)
+def _variant(measure: type, norms: str, recalibrated: bool = False,
+             trained: bool = False) -> Callable[[argparse.Namespace, Splits, int, int], tuple[Any, str]]:  # fmt: skip
+    def build(args: argparse.Namespace, data: Splits, offset: int, pool: int) -> tuple[Any, str]:
+        reward = measure(validation_loader(args, data, offset, pool), batches=args.val_batches, pool=pool)
         if recalibrated:
             reward = rlp.rewards.Recalibrated(reward, calibration_loader(args, data), batches=args.calibration_batches)
         if trained:
@@ -97,21 +89,22 @@ def _variant(measure: Callable[[Any, argparse.Namespace], Any], norms: str, reca
 
 
 #: Reward variants by name, each building ``(reward, norms of its evaluator)``.
-REWARDS: dict[str, Callable[[argparse.Namespace, Splits, int], tuple[Any, str]]] = {
-    "acc-batch": _variant(_accuracy, "batch"),
-    "loss-batch": _variant(_loss, "batch"),
-    "acc-eval": _variant(_accuracy, "eval"),
-    "loss-eval": _variant(_loss, "eval"),
-    "acc-recal": _variant(_accuracy, "eval", recalibrated=True),
-    "loss-recal": _variant(_loss, "eval", recalibrated=True),
-    "acc-short": _variant(_accuracy, "eval", recalibrated=True, trained=True),
-    "loss-short": _variant(_loss, "eval", recalibrated=True, trained=True),
+REWARDS: dict[str, Callable[[argparse.Namespace, Splits, int, int], tuple[Any, str]]] = {
+    "acc-batch": _variant(rlp.rewards.Accuracy, "batch"),
+    "loss-batch": _variant(rlp.rewards.NegativeLoss, "batch"),
+    "acc-eval": _variant(rlp.rewards.Accuracy, "eval"),
+    "loss-eval": _variant(rlp.rewards.NegativeLoss, "eval"),
+    "acc-recal": _variant(rlp.rewards.Accuracy, "eval", recalibrated=True),
+    "loss-recal": _variant(rlp.rewards.NegativeLoss, "eval", recalibrated=True),
+    "acc-short": _variant(rlp.rewards.Accuracy, "eval", recalibrated=True, trained=True),
+    "loss-short": _variant(rlp.rewards.NegativeLoss, "eval", recalibrated=True, trained=True),
 }
 
 
-def make_reward(name: str, args: argparse.Namespace, data: Splits, offset: int = 0) -> tuple[Any, str]:
-    """The reward called ``name`` in :data:`REWARDS` on the validation batches from ``offset``, and its ``norms``."""
-    return REWARDS[name](args, data, offset)
+def make_reward(name: str, args: argparse.Namespace, data: Splits, offset: int = 0, pool: int = 1) -> tuple[Any, str]:
+    """The reward called ``name`` in :data:`REWARDS` on the validation batches from ``offset`` (``pool`` sets of
+    them, taken in turn), and its ``norms``."""
+    return REWARDS[name](args, data, offset, pool)
 
 
 def convs_of(model: nn.Module) -> list[tuple[nn.Module, str]]:
@@ -146,19 +139,6 @@ def environment() -> dict[str, Any]:
             "threads": torch.get_num_threads(), "cores": available_cores(), "device": "cpu"}  # fmt: skip
 
 
-class InTurn:
-    """A search reward that scores each candidate on the next of several sets of validation batches, in turn: a
-    search that sees the same few images at every reward learns them (``--reward-pool``)."""
-
-    def __init__(self, rewards: list[Any]) -> None:
-        self.rewards, self.calls = rewards, 0
-
-    def __call__(self, model: nn.Module) -> float:
-        reward = self.rewards[self.calls % len(self.rewards)]
-        self.calls += 1
-        return reward(model)
-
-
 def search_inputs(args: argparse.Namespace, data: Splits) -> tuple[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor]]:
     """What every search of a table gets: ``(reward, norms, final reward)`` and the validation batches as one
     ``(inputs, targets)`` pair (what SNIP scores on). The search's reward takes ``--reward-pool`` sets of
@@ -166,11 +146,10 @@ def search_inputs(args: argparse.Namespace, data: Splits) -> tuple[tuple[Any, ..
     the same kind of reward."""
     if args.reward_pool < 1:
         raise SystemExit(f"--reward-pool must be at least 1, got {args.reward_pool}")
-    pool = [make_reward(args.reward, args, data, offset=i * args.val_batches) for i in range(args.reward_pool)]
-    search = pool[0][0] if len(pool) == 1 else InTurn([reward for reward, _ in pool])
+    search, norms = make_reward(args.reward, args, data, pool=args.reward_pool)
     final = make_reward(args.reward, args, data, offset=args.reward_pool * args.val_batches)[0]
     pairs = list(validation_loader(args, data))
-    return (search, pool[0][1], final), (torch.cat([x for x, _ in pairs]), torch.cat([y for _, y in pairs]))
+    return (search, norms, final), (torch.cat([x for x, _ in pairs]), torch.cat([y for _, y in pairs]))
 
 
 def mean_std(values: list[float]) -> str:

@@ -406,3 +406,15 @@ def test_run_with_the_width_policy_and_recalibrated_rewards(tmp_path):
     assert "width_std" in header and "entropy" not in header  # the width policy's statistics, not the filters'
     assert_user_error(run_main(["search", *QUICK, "--recalibrate", "-1", "--out", str(tmp_path / "b")]), 2,
                       "--recalibrate")  # fmt: skip
+
+
+def test_search_with_a_reward_pool_and_a_pool_the_validation_split_cannot_hold(tmp_path):
+    out = tmp_path / "run"
+    code, _, stderr = run_main(["search", *QUICK, "--reward-batches", "1", "--reward-pool", "2", "--out", str(out)])
+    assert code == 0, stderr
+    assert json.loads((out / "search.json").read_text())["reward_pool"] == 2
+    # The digits' validation split holds 2 batches of 128: found before any training, not at the first reward.
+    assert_user_error(run_main(["search", *QUICK, "--reward-batches", "1", "--reward-pool", "3", "--out",
+                                str(tmp_path / "b")]), 1, "reward_pool=3 sets of 1 validation batches need 3 batches",
+                      "(2 batches)", "lower --reward-pool")  # fmt: skip
+    assert not (tmp_path / "b" / "snapshots").exists()

@@ -37,6 +37,7 @@ def test_default_config_is_valid_and_round_trips():
         ({"amount": 1.0}, "strictly between 0 and 1"),
         ({"amount": 0}, "strictly between 0 and 1"),
         ({"episodes": 0}, "episodes must be a positive int"),
+        ({"reward_pool": 0}, "reward_pool must be a positive int"),
         ({"rewind_epoch": 5, "epochs": 3}, "beyond the 3 training epochs"),
         ({"rewind_to": "epoch2"}, "'init' or 'k'"),
         ({"data": "cifar10"}, "needs --data-root"),

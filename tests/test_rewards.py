@@ -141,3 +141,40 @@ def test_short_trained_refuses_masked_candidates_and_bad_arguments():
         rlp.rewards.ShortTrained(lambda m: 0.0, [], steps=0)
     with pytest.raises(ValueError, match="lr must be a finite number"):
         rlp.rewards.ShortTrained(lambda m: 0.0, [], lr=-1)
+
+
+def labelled_batches(n, size=4):
+    """``n`` batches of one input each time; batch ``i``'s targets are all ``i``, so a reward tells which it read."""
+    return [(torch.full((size, 3), float(i)), torch.full((size,), i, dtype=torch.long)) for i in range(n)]
+
+
+class Echo(nn.Module):
+    """Predicts class ``round(x[0])``: correct on exactly the batches labelled with their own index."""
+
+    def forward(self, x):
+        return nn.functional.one_hot(x[:, 0].round().long(), 8).float()
+
+
+@pytest.mark.parametrize("name", ["accuracy", "loss", "macs"])
+def test_a_reward_pool_scores_each_call_on_the_next_set_of_batches_in_turn(name):
+    # Batch i holds targets i and inputs that Echo maps to class i, except batches 0-1, shifted to be wrong.
+    data = labelled_batches(7)
+    data[0] = (data[0][0] + 1, data[0][1])
+    data[1] = (data[1][0] + 1, data[1][1])
+    reward = rlp.rewards.make_reward(name, data, batches=2, pool=3, example_inputs=torch.zeros(1, 3))
+    scores = [reward(Echo()) for _ in range(6)]
+    assert scores[:3] == scores[3:]  # the sets come back in turn, the seventh batch is never read
+    assert scores[0] < scores[1] == scores[2]  # the first set is the wrong one, the others are right
+    unpooled = rlp.rewards.make_reward(name, data, batches=2, example_inputs=torch.zeros(1, 3))
+    assert [unpooled(Echo()) for _ in range(3)] == [scores[0]] * 3
+
+
+def test_a_reward_pool_needs_batches_and_enough_of_them():
+    data = labelled_batches(5)
+    with pytest.raises(ValueError, match="need 6 batches.*yielded 5"):
+        rlp.rewards.Accuracy(data, batches=2, pool=3)(Echo())
+    with pytest.raises(ValueError, match="pass batches too"):
+        rlp.rewards.Accuracy(data, pool=2)
+    for pool in (0, 1.5, True):
+        with pytest.raises(ValueError, match="pool must be a positive int"):
+            rlp.rewards.NegativeLoss(data, batches=1, pool=pool)

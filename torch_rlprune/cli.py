@@ -219,6 +219,9 @@ def _add_pipeline(parser: argparse.ArgumentParser, *, single: bool) -> None:
                        f"(AMC's -error*log(MACs)) (default: {d.reward})")  # fmt: skip
     prune.add_argument("--reward-batches", type=_count(1), metavar="N",
                        help=f"validation batches each reward reads (default: {d.reward_batches})")
+    prune.add_argument("--reward-pool", type=_count(1), metavar="K",
+                       help=f"sets of --reward-batches validation batches the rewards take in turn, so that a long "
+                       f"search does not learn a few images (default: {d.reward_pool})")  # fmt: skip
     prune.add_argument("--recalibrate", type=_count(0), metavar="N",
                        help=f"re-estimate every candidate's batch-norm statistics on N training batches before its "
                        f"reward (adaptive BN); 0: off (default: {d.recalibrate})")  # fmt: skip

@@ -70,6 +70,9 @@ class PipelineConfig:
         episodes (int): masks a search method evaluates. Default: 300.
         reward (str): one of :data:`REWARDS`. Default: ``"accuracy"``.
         reward_batches (int): validation batches each reward reads. Default: 2.
+        reward_pool (int): sets of ``reward_batches`` validation batches that the rewards take in turn, one set per
+            reward, so that a long search does not learn a few images (see :class:`torch_rlprune.rewards.Accuracy`);
+            the validation split must hold ``reward_pool * reward_batches`` batches. Default: 1.
         recalibrate (int): training batches that re-estimate every candidate's batch-norm statistics before its
             reward (:class:`torch_rlprune.rewards.Recalibrated`); 0 evaluates with each validation batch's own
             statistics. Default: 0.
@@ -105,6 +108,7 @@ class PipelineConfig:
     episodes: int = 300
     reward: str = "accuracy"
     reward_batches: int = 2
+    reward_pool: int = 1
     recalibrate: int = 0
     policy: str = "widths"
     rewind_epoch: int = 2
@@ -139,7 +143,8 @@ class PipelineConfig:
             )
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must lie strictly between 0 and 1, got {self.val_fraction!r}.")
-        for name in ("episodes", "reward_batches", "epochs", "batch_size", "latency_batch", "latency_threads"):
+        for name in ("episodes", "reward_batches", "reward_pool", "epochs", "batch_size", "latency_batch",
+                     "latency_threads"):
             _positive(name, getattr(self, name), int)
         mk = self.min_keep
         if isinstance(mk, bool) or not isinstance(mk, (int, float)) or mk < 0 or (isinstance(mk, float) and mk > 1):

@@ -37,8 +37,8 @@ OUTPUTS = {
     "slim": ("ticket.pt",),
     "train": ("dense.json", "model.pt", "train.json", "report.json", "report.md"),
 }
-SEARCH_FIELDS = ("method", "reward", "reward_batches", "recalibrate", "seconds", "evaluations", "best_reward",
-                 "interrupted")  # fmt: skip
+SEARCH_FIELDS = ("method", "reward", "reward_batches", "reward_pool", "recalibrate", "seconds", "evaluations",
+                 "best_reward", "interrupted")  # fmt: skip
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -74,7 +74,7 @@ def _reward(ws: Workspace) -> Callable[[nn.Module], float]:
     calibration = batches(ws.splits.train, c.batch_size, shuffle=True, generator=torch.Generator().manual_seed(c.seed),
                           device=ws.device) if c.recalibrate else None  # fmt: skip
     return make_reward(c.reward, ws.val_loader(), c.reward_batches, example_inputs=ws.example_inputs,
-                       recalibrate=calibration, recalibrate_batches=c.recalibrate or 1)  # fmt: skip
+                       recalibrate=calibration, recalibrate_batches=c.recalibrate or 1, pool=c.reward_pool)  # fmt: skip
 
 
 def _criterion_context(ws: Workspace, name: str, init_state: dict[str, torch.Tensor] | None) -> dict[str, Any]:
@@ -139,6 +139,7 @@ def prune_model(
         "amount": amount,
         "reward": c.reward if result is not None else None,
         "reward_batches": c.reward_batches if result is not None else None,
+        "reward_pool": c.reward_pool if result is not None else None,
         "recalibrate": c.recalibrate if result is not None else None,
         "seconds": result.wall_time if result is not None else seconds,
         "evaluations": result.evaluations if result is not None else 0,
@@ -358,7 +359,7 @@ def train_step(
         data=ws.describe(),
         dense=Metrics.from_dict(dense_record),
         pruned=pruned,
-        search={k: search[k] for k in SEARCH_FIELDS},
+        search={k: search.get(k) for k in SEARCH_FIELDS},  # runs searched before a field existed lack it
         filters_per_layer=search["filters_per_layer"],
         timings=timings,
     )
