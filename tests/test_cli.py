@@ -408,13 +408,22 @@ def test_run_with_the_width_policy_and_recalibrated_rewards(tmp_path):
                       "--recalibrate")  # fmt: skip
 
 
-def test_search_with_a_reward_pool_and_a_pool_the_validation_split_cannot_hold(tmp_path):
+def test_search_with_a_reward_pool_finalists_and_more_than_the_validation_split_holds(tmp_path):
     out = tmp_path / "run"
     code, _, stderr = run_main(["search", *QUICK, "--reward-batches", "1", "--reward-pool", "2", "--out", str(out)])
     assert code == 0, stderr
     assert json.loads((out / "search.json").read_text())["reward_pool"] == 2
+    code, _, stderr = run_main(["search", *QUICK, "--reward-batches", "1", "--finalists", "3", "--out",
+                                str(tmp_path / "f")])  # fmt: skip
+    assert code == 0, stderr
+    search = json.loads((tmp_path / "f" / "search.json").read_text())
+    assert search["finalists"] == 3 and search["evaluations"] == 16  # re-scoring counts in the budget
+    finalists = torch.load(tmp_path / "f" / "search.pt", weights_only=False)["finalists"]
+    assert len(finalists) == 3  # the search kept its 3 best masks to re-score
     # The digits' validation split holds 2 batches of 128: found before any training, not at the first reward.
     assert_user_error(run_main(["search", *QUICK, "--reward-batches", "1", "--reward-pool", "3", "--out",
                                 str(tmp_path / "b")]), 1, "reward_pool=3 sets of 1 validation batches need 3 batches",
                       "(2 batches)", "lower --reward-pool")  # fmt: skip
     assert not (tmp_path / "b" / "snapshots").exists()
+    assert_user_error(run_main(["search", *QUICK, "--reward-batches", "1", "--reward-pool", "2", "--finalists", "1",
+                                "--out", str(tmp_path / "c")]), 1, "one more set for finalists=1")  # fmt: skip

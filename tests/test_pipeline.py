@@ -38,6 +38,7 @@ def test_default_config_is_valid_and_round_trips():
         ({"amount": 0}, "strictly between 0 and 1"),
         ({"episodes": 0}, "episodes must be a positive int"),
         ({"reward_pool": 0}, "reward_pool must be a positive int"),
+        ({"finalists": 300}, "finalists must be an int >= 0 and below episodes"),
         ({"rewind_epoch": 5, "epochs": 3}, "beyond the 3 training epochs"),
         ({"rewind_to": "epoch2"}, "'init' or 'k'"),
         ({"data": "cifar10"}, "needs --data-root"),

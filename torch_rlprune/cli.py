@@ -222,6 +222,10 @@ def _add_pipeline(parser: argparse.ArgumentParser, *, single: bool) -> None:
     prune.add_argument("--reward-pool", type=_count(1), metavar="K",
                        help=f"sets of --reward-batches validation batches the rewards take in turn, so that a long "
                        f"search does not learn a few images (default: {d.reward_pool})")  # fmt: skip
+    prune.add_argument("--finalists", type=_count(0), metavar="K",
+                       help=f"re-score the search's K best masks on the validation batches after those the rewards "
+                       f"read, within --episodes, and keep the best there; 0: the mask of highest reward "
+                       f"(default: {d.finalists})")  # fmt: skip
     prune.add_argument("--recalibrate", type=_count(0), metavar="N",
                        help=f"re-estimate every candidate's batch-norm statistics on N training batches before its "
                        f"reward (adaptive BN); 0: off (default: {d.recalibrate})")  # fmt: skip

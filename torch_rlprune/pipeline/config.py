@@ -73,6 +73,10 @@ class PipelineConfig:
         reward_pool (int): sets of ``reward_batches`` validation batches that the rewards take in turn, one set per
             reward, so that a long search does not learn a few images (see :class:`torch_rlprune.rewards.Accuracy`);
             the validation split must hold ``reward_pool * reward_batches`` batches. Default: 1.
+        finalists (int): the search keeps its ``finalists`` best distinct masks and spends that many of its
+            ``episodes`` re-scoring them on the ``reward_batches`` validation batches after those its rewards read,
+            returning the best there (see :class:`torch_rlprune.RLStructuredPruning`); 0 returns the mask of
+            highest reward. Default: 0.
         recalibrate (int): training batches that re-estimate every candidate's batch-norm statistics before its
             reward (:class:`torch_rlprune.rewards.Recalibrated`); 0 evaluates with each validation batch's own
             statistics. Default: 0.
@@ -109,6 +113,7 @@ class PipelineConfig:
     reward: str = "accuracy"
     reward_batches: int = 2
     reward_pool: int = 1
+    finalists: int = 0
     recalibrate: int = 0
     policy: str = "widths"
     rewind_epoch: int = 2
@@ -146,6 +151,9 @@ class PipelineConfig:
         for name in ("episodes", "reward_batches", "reward_pool", "epochs", "batch_size", "latency_batch",
                      "latency_threads"):
             _positive(name, getattr(self, name), int)
+        finalists = self.finalists
+        if isinstance(finalists, bool) or not isinstance(finalists, int) or not 0 <= finalists < self.episodes:
+            raise ValueError(f"finalists must be an int >= 0 and below episodes ({self.episodes}), got {finalists!r}.")
         mk = self.min_keep
         if isinstance(mk, bool) or not isinstance(mk, (int, float)) or mk < 0 or (isinstance(mk, float) and mk > 1):
             raise ValueError(f"min_keep must be a count >= 0 (int) or a fraction in [0, 1] (float), got {mk!r}.")

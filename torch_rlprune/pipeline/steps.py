@@ -5,10 +5,11 @@ from __future__ import annotations
 import csv
 import dataclasses
 import inspect
+import itertools
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +38,8 @@ OUTPUTS = {
     "slim": ("ticket.pt",),
     "train": ("dense.json", "model.pt", "train.json", "report.json", "report.md"),
 }
-SEARCH_FIELDS = ("method", "reward", "reward_batches", "reward_pool", "recalibrate", "seconds", "evaluations",
-                 "best_reward", "interrupted")  # fmt: skip
+SEARCH_FIELDS = ("method", "reward", "reward_batches", "reward_pool", "recalibrate", "finalists", "seconds",
+                 "evaluations", "best_reward", "interrupted")  # fmt: skip
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -68,13 +69,19 @@ def _convs(model: nn.Module) -> list[tuple[nn.Module, str]]:
     return [(m, "weight") for m in model.modules() if isinstance(m, CONV_TYPES)]
 
 
-def _reward(ws: Workspace) -> Callable[[nn.Module], float]:
+def _reward(ws: Workspace, final: bool = False) -> Callable[[nn.Module], float]:
+    """The search's reward, or with ``final`` the one that re-scores its finalists: the same kind of reward on the
+    validation batches after those the search's pool reads."""
     c = ws.config
     # Calibration batches come without augmentation: they stand for the data the network will see.
     calibration = batches(ws.splits.train, c.batch_size, shuffle=True, generator=torch.Generator().manual_seed(c.seed),
                           device=ws.device) if c.recalibrate else None  # fmt: skip
-    return make_reward(c.reward, ws.val_loader(), c.reward_batches, example_inputs=ws.example_inputs,
-                       recalibrate=calibration, recalibrate_batches=c.recalibrate or 1, pool=c.reward_pool)  # fmt: skip
+    loader: Iterable[Any] = ws.val_loader()
+    if final:
+        skip = c.reward_pool * c.reward_batches
+        loader = list(itertools.islice(loader, skip, skip + c.reward_batches))
+    return make_reward(c.reward, loader, c.reward_batches, example_inputs=ws.example_inputs, recalibrate=calibration,
+                       recalibrate_batches=c.recalibrate or 1, pool=1 if final else c.reward_pool)  # fmt: skip
 
 
 def _criterion_context(ws: Workspace, name: str, init_state: dict[str, torch.Tensor] | None) -> dict[str, Any]:
@@ -127,7 +134,8 @@ def prune_model(
     if method in SEARCH_METHODS:
         result = global_structured(
             convs, SEARCH_METHODS[method], **common, reward=_reward(ws), episodes=c.episodes, seed=c.seed,
-            progress=progress, writer=writer, checkpoint=checkpoint, resume=resume,
+            progress=progress, writer=writer, checkpoint=checkpoint, resume=resume, finalists=c.finalists,
+            final_reward=_reward(ws, final=True) if c.finalists else None,
             **({"policy": c.policy} if SEARCH_METHODS[method] is RLStructuredPruning else {}),
         )
     else:
@@ -141,6 +149,7 @@ def prune_model(
         "reward_batches": c.reward_batches if result is not None else None,
         "reward_pool": c.reward_pool if result is not None else None,
         "recalibrate": c.recalibrate if result is not None else None,
+        "finalists": c.finalists if result is not None else None,
         "seconds": result.wall_time if result is not None else seconds,
         "evaluations": result.evaluations if result is not None else 0,
         "best_reward": result.best_reward if result is not None else None,

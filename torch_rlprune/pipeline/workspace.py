@@ -32,19 +32,21 @@ class Workspace:
         #: one validation image: traces the model, checks slicing, counts MACs per example
         self.example_inputs = splits.val.batch(torch.arange(1))[0].to(self.device)
         self.augment = config.augment if config.augment is not None else not config.data.startswith("digits")
-        self._check_reward_pool()
+        self._check_reward_data()
         self._check_model_runs()
 
-    def _check_reward_pool(self) -> None:
+    def _check_reward_data(self) -> None:
         # Found here rather than at the first reward, which comes after the dense training.
         c = self.config
         available = -(-len(self.splits.val) // c.batch_size)
-        if c.searches and c.reward_pool > 1 and c.reward_pool * c.reward_batches > available:
+        sets = c.reward_pool + (c.finalists > 0)  # the finalists are re-scored on the set after the pool
+        if c.searches and sets > 1 and sets * c.reward_batches > available:
+            uses = f"reward_pool={c.reward_pool} sets of {c.reward_batches} validation batches" + (
+                f" and one more set for finalists={c.finalists}" if c.finalists else "")
             raise ValueError(
-                f"reward_pool={c.reward_pool} sets of {c.reward_batches} validation batches need "
-                f"{c.reward_pool * c.reward_batches} batches of {c.batch_size}, but the validation split of "
-                f"{c.data} has {len(self.splits.val)} images ({available} batches); lower --reward-pool or "
-                "--reward-batches, or raise --val-fraction."
+                f"{uses} need {sets * c.reward_batches} batches of {c.batch_size}, but the validation split of "
+                f"{c.data} has {len(self.splits.val)} images ({available} batches); lower --reward-pool, "
+                "--finalists or --reward-batches, or raise --val-fraction."
             )
 
     def _check_model_runs(self) -> None:
