@@ -126,8 +126,8 @@ class NegativeLoss:
     Args:
         loader (iterable): yields ``(inputs, targets)`` batches of validation data.
         batches (int, optional): how many batches to use. Default: all.
-        pool (int): sets of ``batches`` batches that the calls take in turn (see :class:`Accuracy`). Default: 1.
         loss_fn (callable): ``loss_fn(outputs, targets)``, averaged over the batch. Default: cross-entropy.
+        pool (int): sets of ``batches`` batches that the calls take in turn (see :class:`Accuracy`). Default: 1.
 
     Example:
         >>> import torch
@@ -141,8 +141,8 @@ class NegativeLoss:
         self,
         loader: Iterable[Any],
         batches: int | None = None,
-        pool: int = 1,
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
+        pool: int = 1,
     ) -> None:
         self.data = _CachedBatches(loader, batches, type(self).__name__, pool)
         self.loss_fn = loss_fn
