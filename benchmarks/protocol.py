@@ -42,6 +42,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reward-pool", type=int, default=1,
                    help="sets of --val-batches validation batches that the search reward scores on in turn, one set "
                    "per reward (default 1: the same batches every time)")  # fmt: skip
+    p.add_argument("--final-reward", default=None, choices=list(REWARDS),
+                   help="the reward that re-scores a search's finalists, on the batches after the pool (default: "
+                   "the search's --reward)")  # fmt: skip
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice); two "
                    "scripts side by side on 2 cores run best with 1 each")  # fmt: skip
 
@@ -52,9 +55,14 @@ SETTINGS = ("finetune_epochs", "finetune_lr", "val_batches", "val_batch_size", "
 
 
 def settings(args: argparse.Namespace) -> dict[str, Any]:
-    """:data:`SETTINGS` of this run, and ``reward_pool`` where it is not 1 (files from before it had none)."""
+    """:data:`SETTINGS` of this run, with ``reward_pool`` where it is not 1 and ``final_reward`` where it is given
+    (files from before them had neither)."""
     chosen = {k: getattr(args, k) for k in SETTINGS}
-    return chosen if args.reward_pool == 1 else {**chosen, "reward_pool": args.reward_pool}
+    if args.reward_pool != 1:
+        chosen["reward_pool"] = args.reward_pool
+    if args.final_reward is not None:
+        chosen["final_reward"] = args.final_reward
+    return chosen
 
 
 def validation_loader(args: argparse.Namespace, data: Splits, offset: int = 0, sets: int = 1) -> Any:
@@ -143,11 +151,11 @@ def search_inputs(args: argparse.Namespace, data: Splits) -> tuple[tuple[Any, ..
     """What every search of a table gets: ``(reward, norms, final reward)`` and the validation batches as one
     ``(inputs, targets)`` pair (what SNIP scores on). The search's reward takes ``--reward-pool`` sets of
     validation batches in turn (one set by default); the finalists are re-scored on the batches after them, with
-    the same kind of reward."""
+    ``--final-reward`` (the same kind of reward by default)."""
     if args.reward_pool < 1:
         raise SystemExit(f"--reward-pool must be at least 1, got {args.reward_pool}")
     search, norms = make_reward(args.reward, args, data, pool=args.reward_pool)
-    final = make_reward(args.reward, args, data, offset=args.reward_pool * args.val_batches)[0]
+    final = make_reward(args.final_reward or args.reward, args, data, offset=args.reward_pool * args.val_batches)[0]
     pairs = list(validation_loader(args, data))
     return (search, norms, final), (torch.cat([x for x, _ in pairs]), torch.cat([y for _, y in pairs]))
 
