@@ -63,6 +63,14 @@ def test_history_callbacks_and_writer_see_every_evaluation():
     assert result.wall_time > 0
 
 
+def test_a_search_gives_freed_memory_back_after_every_step(monkeypatch):
+    calls = []
+    monkeypatch.setattr("torch_rlprune.search.loop.release_freed_memory", lambda: calls.append(len(calls)))
+    rl = ReinforceStrategy(ReinforceController(torch.zeros(200, 1), SIZES, N_KEEP, FLOOR, seed=0))
+    run_search(rl, planted, episodes=20, batch=8, progress=False)
+    assert len(calls) == 3  # steps of 8, 8 and 4 candidates
+
+
 @pytest.mark.parametrize("kind", ["rl", "sa", "random"])
 def test_resume_after_interruption_ends_like_an_uninterrupted_run(kind, tmp_path):
     def strategy():

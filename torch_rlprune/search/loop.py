@@ -21,6 +21,7 @@ from typing import Any, Protocol, Union
 import torch
 
 from .._files import atomic_save, read_checked
+from .._memory import release_freed_memory
 from .rewards import check_reward
 
 __all__ = ["SearchStrategy", "SearchResult", "run_search"]
@@ -293,6 +294,7 @@ def run_search(
                     raise
                 rewards = ranks.share(rewards, failed=False)
                 stats = strategy.observe(token, keep, rewards)
+                release_freed_memory()
             except KeyboardInterrupt:
                 if before is not None:
                     strategy.load_state_dict(before)
