@@ -35,7 +35,8 @@ from .layers import LAYER_TYPES, layer_of
 from .masks import KeepVectors, keep_vectors
 from .slicing import cut_along_channels
 
-__all__ = ["LayerStats", "ModelStats", "model_stats", "count_params", "count_macs", "filters_per_layer"]
+__all__ = ["LayerStats", "ModelStats", "KeepSetCounter", "model_stats", "count_params", "count_macs",
+           "filters_per_layer"]
 
 
 
@@ -326,6 +327,49 @@ def _layer_stats(
     return layers
 
 
+class KeepSetCounter:
+    r"""Counts of the network that keeps some channels of ``model``, for many keep-sets, without re-running it.
+
+    The model runs once here to count every layer's output positions; each call then counts parameters, MACs per
+    example and filters of the network that keeps the channels of its keep vectors (as
+    :func:`model_stats` counts a masked model), which is what a search needs for every candidate of a budget.
+
+    Args:
+        model (torch.nn.Module): the model.
+        example_inputs (torch.Tensor or tuple of torch.Tensor): inputs the model accepts.
+        caller (str): the function named in error messages. Default: ``"KeepSetCounter"``.
+
+    Example:
+        >>> import torch
+        >>> import torch_rlprune as rlp
+        >>> from torch_rlprune.masks import keep_vectors
+        >>> model, x = rlp.models.BasicCNN(), torch.randn(1, 3, 32, 32)
+        >>> groups = rlp.channel_groups(model, x)
+        >>> counter = KeepSetCounter(model, x)
+        >>> half = counter(keep_vectors(groups, [torch.arange(g.size) % 2 == 0 for g in groups]))
+        >>> half.filters_kept, half.params_kept < half.params // 3
+        (480, True)
+    """
+
+    def __init__(self, model: nn.Module, example_inputs: ExampleInputs, caller: str = "KeepSetCounter") -> None:
+        _check_model(model, caller)
+        inputs = as_input_tuple(example_inputs, caller, model)
+        self.model = model
+        self._positions = _output_positions(model, inputs, caller)
+        self._batch_size = _batch_size(inputs)
+
+    def __call__(self, keep: KeepVectors) -> ModelStats:
+        """The counts of the network that keeps ``keep``.
+
+        Args:
+            keep (KeepVectors): keep vectors, from :func:`torch_rlprune.masks.keep_vectors`.
+
+        Returns:
+            ModelStats: the counts, dense and kept.
+        """
+        return ModelStats(_layer_stats(self.model, keep, self._positions, self._batch_size))
+
+
 def _stats(
     model: nn.Module,
     example_inputs: ExampleInputs | None,
@@ -334,15 +378,10 @@ def _stats(
     with_macs: bool,
 ) -> ModelStats:
     _check_model(model, caller)
-    positions = None
-    batch_size = 1
-    if with_macs:
-        inputs = as_input_tuple(example_inputs, caller, model)
-        # Run before tracing so that inputs of the wrong shape are reported by this function, in its own words.
-        positions = _output_positions(model, inputs, caller)
-        batch_size = _batch_size(inputs)
+    # Counted before tracing so that inputs of the wrong shape are reported by this function, in its own words.
+    counter = KeepSetCounter(model, example_inputs, caller) if with_macs else None
     keep = _keep_vectors(model, _groups_of(model, example_inputs, groups, caller), caller)
-    return ModelStats(_layer_stats(model, keep, positions, batch_size))
+    return counter(keep) if counter is not None else ModelStats(_layer_stats(model, keep, None, 1))
 
 
 def model_stats(

@@ -39,6 +39,7 @@ from torch.func import functional_call
 from torch.utils._pytree import tree_flatten
 
 from .. import metrics
+from ..metrics import ModelStats
 from .._inputs import ExampleInputs, as_input_tuple, device_of
 from .._state import preserved_state, pruning_hooks
 from ..groups import ChannelGroup, groups_kept
@@ -212,6 +213,11 @@ class CandidateModel(nn.Module):
         """Multiply-accumulates per example of the sliced network (as :func:`torch_rlprune.metrics.count_macs`)."""
         return self._evaluator.macs(self._vectors)
 
+    def stats(self) -> ModelStats:
+        """Parameters, MACs per example and filters of the sliced network, dense and kept (as
+        :func:`torch_rlprune.metrics.model_stats`)."""
+        return self._evaluator.stats(self._vectors)
+
 
 def zeroed_tensors(
     module: nn.Module, vectors: KeepVectors, tensors: dict[str, torch.Tensor] | None = None
@@ -320,8 +326,7 @@ class CandidateEvaluator:
         self._normalizing = {m.module for g in self.groups for m in g.norms if m.normalizes is not None}
         self._hooked = pruning_hooks(model)
         inputs = as_input_tuple(example_inputs, "CandidateEvaluator", model)
-        self._positions = metrics._output_positions(model, inputs, "CandidateEvaluator")
-        self._batch = metrics._batch_size(inputs)
+        self._counter = metrics.KeepSetCounter(model, inputs, "CandidateEvaluator")
         # A norm over the channels would count the padding's zeros: such groups run at their exact counts.
         self._steps = [1 if any(m.normalizes is not None for m in g.members) else -(-g.size // PAD_STEPS)
                        for g in self.groups]  # fmt: skip
@@ -377,8 +382,12 @@ class CandidateEvaluator:
             raise ValueError(f"view: need one keep mask per group ({len(self.groups)}), got {len(keep)}.")
         return CandidateModel(self, keep, keep_vectors(self.groups, keep), padded=self.padded)
 
+    def stats(self, vectors: KeepVectors) -> ModelStats:
+        """Parameters, MACs and filters of the network that keeps ``vectors`` (dense and kept)."""
+        return self._counter(vectors)
+
     def macs(self, vectors: KeepVectors) -> int:
-        return metrics.ModelStats(metrics._layer_stats(self.model, vectors, self._positions, self._batch)).macs_kept
+        return self.stats(vectors).macs_kept
 
     @contextlib.contextmanager
     def patched(self, vectors: KeepVectors) -> Iterator[None]:
