@@ -232,24 +232,29 @@ def test_counts_within_a_cost_budget_are_maximal():
         counts_for_fractions(torch.ones(1, 3), sizes, 0, [5, 5, 5], cost=cost, budget=10.0)
 
 
+def params_of(model, x):
+    return rlp.metrics.count_params(model)
+
+
+@pytest.mark.parametrize("budget, count", [(rlp.MACs, rlp.metrics.count_macs), (rlp.Params, params_of)])
 @pytest.mark.parametrize("method", ["l1", "random_width", "rl_widths"])
-def test_a_macs_budget_is_met_by_rankings_and_width_searches(method):
+def test_a_budget_is_met_by_rankings_and_width_searches(method, budget, count):
     model, x, convs = basic_setup()
-    dense_macs = rlp.metrics.count_macs(model, x[:1])
+    dense = count(model, x[:1])
     seen = []
 
     def reward(view):
-        seen.append(view.macs())
+        seen.append(getattr(view.stats(), budget.kept))
         return float(-view.macs())  # any reward: the budget must hold for every candidate
 
     kwargs = {"l1": {"n": 1}, "random_width": {"reward": reward, "episodes": 6, "seed": 0, "progress": False},
               "rl_widths": {"reward": reward, "episodes": 8, "seed": 0, "progress": False, "policy": "widths"}}[method]
     pruning_method = {"l1": torch.nn.utils.prune.LnStructured, "random_width": rlp.RandomWidthPruning,
                       "rl_widths": rlp.RLStructuredPruning}[method]  # fmt: skip
-    rlp.global_structured(convs, pruning_method, amount=rlp.MACs(0.3), model=model, example_inputs=x[:1], **kwargs)
-    macs = rlp.metrics.count_macs(rlp.slim(model, x[:1]), x[:1])
-    assert macs <= 0.3 * dense_macs and macs > 0.25 * dense_macs  # on the budget, not far below it
-    assert all(m <= 0.3 * dense_macs for m in seen)
+    rlp.global_structured(convs, pruning_method, amount=budget(0.3), model=model, example_inputs=x[:1], **kwargs)
+    kept = count(rlp.slim(model, x[:1]), x[:1])
+    assert 0.25 * dense < kept <= 0.3 * dense  # on the budget, not far below it
+    assert all(c <= 0.3 * dense for c in seen) and len(seen) == kwargs.get("episodes", 0)
 
 
 def test_a_ranking_under_a_macs_budget_prunes_no_more_than_it_must():
@@ -267,6 +272,11 @@ def test_macs_budget_errors_are_clear():
     model, x, convs = basic_setup()
     with pytest.raises(ValueError, match=r"fraction must lie in \(0, 1\]"):
         rlp.MACs(0.0)
+    with pytest.raises(ValueError, match=r"Params: fraction must lie in \(0, 1\]"):
+        rlp.Params(1.5)
+    with pytest.raises(ValueError, match="round_to with a Params budget"):
+        rlp.global_structured(convs, torch.nn.utils.prune.LnStructured, n=1, amount=rlp.Params(0.5), model=model,
+                              example_inputs=x[:1], round_to=8)  # fmt: skip
     with pytest.raises(ValueError, match="needs a search over layer widths"):
         rlp.global_structured(convs, rlp.SimulatedAnnealingPruning, amount=rlp.MACs(0.5), model=model,
                               example_inputs=x[:1], reward=lambda m: 0.0, episodes=2, progress=False)  # fmt: skip

@@ -21,7 +21,7 @@ from .methods import (
     rl_structured,
 )
 from .search import rewards
-from .selection import MACs
+from .selection import MACs, Params
 from .serialization import load, save
 from .slicing import slim
 
@@ -48,6 +48,7 @@ __all__ = [
     "effective_weight",
     "global_structured",
     "MACs",
+    "Params",
     "rl_structured",
     "RLStructuredPruning",
     "SimulatedAnnealingPruning",

@@ -34,7 +34,7 @@ from .masks import keep_vectors
 from .search.widths import keep_top
 from .selection import (
     NORMALIZATIONS,
-    MACs,
+    Budget,
     fewest_to_prune,
     channels_to_prune,
     check_budget,
@@ -210,9 +210,11 @@ def global_structured(
     instead, so that every group loses the same fraction of its channels (uniform pruning, up to rounding and
     ``min_keep``).
 
-    **Amount.** ``amount`` counts channels (filters), never parameters: a float is the fraction of the listed
-    groups' channels that are still unpruned, an int their number. A channel of a coupled group counts once.
-    Like the built-in methods, pruning an already pruned model prunes ``amount`` of what is left.
+    **Amount.** ``amount`` counts channels (filters): a float is the fraction of the listed groups' channels that
+    are still unpruned, an int their number. A channel of a coupled group counts once. Like the built-in methods,
+    pruning an already pruned model prunes ``amount`` of what is left. A budget instead, ``rlp.MACs(0.25)`` or
+    ``rlp.Params(0.25)``, keeps at most that share of the sliced model's MACs per example or of its parameters
+    (see :class:`~torch_rlprune.selection.Budget`); rankings and the width searches take one.
 
     **Rounding.** With ``round_to=8`` (or 16, ...) every group keeps a multiple of 8 of its unpruned channels, or
     all of them, so that the sliced layers (see :func:`torch_rlprune.slim`) have widths that fill SIMD registers
@@ -229,7 +231,8 @@ def global_structured(
             one score per filter; used in place of the weights by ``prune.LnStructured``.
         model (torch.nn.Module): the model the convolutions belong to, traced to find the channel groups.
         example_inputs (torch.Tensor or tuple of torch.Tensor): inputs the model accepts (batch size 1 is enough).
-        amount (int or float): the number (int) or fraction (float in [0, 1]) of unpruned filters to prune.
+        amount (int, float or Budget): the number (int) or fraction (float in [0, 1]) of unpruned filters to
+            prune, or a :class:`~torch_rlprune.MACs` or :class:`~torch_rlprune.Params` budget.
         min_keep (int or float): filters each group keeps at least, as a count (default 1) or as a fraction of the
             group's channels. Pass 0 to allow a layer to lose every filter.
         round_to (int, optional): every group keeps a multiple of this many channels, or all of them, as
@@ -307,7 +310,7 @@ def global_structured(
     alive = [alive_channels(g) for g in chosen]
     sizes = [int(a.sum()) for a in alive]
     keep_min = min_keep_counts([g.size for g in chosen], min_keep, _CALLER)
-    budget = _macs_budget(model, chosen, alive, example_inputs, amount, block)
+    budget = _cost_budget(model, chosen, alive, example_inputs, amount, block)
     # Before any scoring or search, which may take long, so that an impossible budget fails at once.
     n_prune = 0 if budget else channels_to_prune(amount, sum(sizes), _CALLER)
     most = sum(sizes) - sum(keep_floors(keep_min, sizes, block))
@@ -327,7 +330,7 @@ def global_structured(
         accepted = inspect.signature(criterion).parameters
         if budget and "amount" in accepted:
             raise ValueError(f"{_CALLER}: {pruning_method!r} prunes as it scores and needs a filter amount, not a "
-                             "MACs budget.")  # fmt: skip
+                             f"{type(amount).__name__} budget.")  # fmt: skip
         call_kwargs = {k: v for k, v in context.items() if k in accepted} | kwargs
         scores = _criterion_scores(chosen, criterion(model, **call_kwargs))
     elif pruning_method is prune.RandomStructured:
@@ -341,14 +344,14 @@ def global_structured(
             raise ValueError(f"{_CALLER}: scores of group {group.name!r} contain NaN or inf; check the criterion.")
     scores = [normalize_scores(s, a, normalize) for s, a in zip(scores, alive)]
     if budget:
-        macs_of, target = budget
-        n_prune = fewest_to_prune(lambda n: macs_of(select_channels(scores, alive, n, keep_min, _CALLER, block)),
+        cost_of, target = budget
+        n_prune = fewest_to_prune(lambda n: cost_of(select_channels(scores, alive, n, keep_min, _CALLER, block)),
                                   most, target, _CALLER)  # fmt: skip
     keep = select_channels(scores, alive, n_prune, keep_min, caller=_CALLER, round_to=block)
     apply_channel_masks(chosen, keep)
 
 
-def _macs_budget(
+def _cost_budget(
     model: nn.Module,
     groups: Sequence[ChannelGroup],
     alive: Sequence[torch.Tensor],
@@ -356,18 +359,21 @@ def _macs_budget(
     amount: Any,
     block: int,
 ) -> tuple[Callable[[Sequence[torch.Tensor]], int], float] | None:
-    """For a :class:`MACs` budget, the MACs of a keep-set over ``groups`` and the most it may keep; else ``None``."""
-    if not isinstance(amount, MACs):
+    """For a :class:`Budget` (MACs, parameters), the cost of a keep-set over ``groups`` and the most it may keep;
+    else ``None``."""
+    if not isinstance(amount, Budget):
         validate_amount(amount, _CALLER)
         return None
     if block > 1:
-        raise ValueError(f"{_CALLER}: round_to with a MACs budget is not supported yet; pass a filter amount.")
+        raise ValueError(
+            f"{_CALLER}: round_to with a {type(amount).__name__} budget is not supported yet; pass a filter amount."
+        )
     evaluator = CandidateEvaluator(model, groups, example_inputs)
 
-    def macs_of(keep: Sequence[torch.Tensor]) -> int:
-        return evaluator.macs(keep_vectors(groups, keep))
+    def cost_of(keep: Sequence[torch.Tensor]) -> int:
+        return getattr(evaluator.stats(keep_vectors(groups, keep)), amount.kept)
 
-    return macs_of, amount.fraction * macs_of(alive)
+    return cost_of, amount.fraction * cost_of(alive)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -443,7 +449,7 @@ class _SearchPruning(prune.BasePruningMethod):
                             "checkpoint_every": checkpoint_every, "resume": resume,
                             "distributed": distributed}  # fmt: skip
         self._target = _target
-        self._cost: tuple[Callable[[torch.Tensor], int], float] | None = None  # a MACs budget, see search_groups
+        self._cost: tuple[Callable[[torch.Tensor], int], float] | None = None  # a cost budget, see search_groups
         # The features' column that width searches rank filters by inside a group: relative L1 unless a saliency
         # was given to search_groups (then its column, the last).
         self._rank_column = 0
@@ -547,11 +553,12 @@ class _SearchPruning(prune.BasePruningMethod):
         budget: tuple[Callable[[Sequence[torch.Tensor]], int], float] | None = None,
     ) -> list[torch.Tensor]:
         """Search the alive channels of ``groups`` for the best keep-set of their size minus ``n_prune``, or,
-        with a MACs ``budget`` (the MACs of a keep-set, the most it may keep), the best within it."""
+        with a ``budget`` (the cost of a keep-set, such as its MACs, and the most it may keep), the best within it."""
         if budget is not None and not self.widths_only:
             raise ValueError(
-                f"{type(self).__name__}: a MACs budget needs a search over layer widths, whose proposals can be "
-                "sized to it: RLStructuredPruning(policy='widths') or RandomWidthPruning; or pass a filter amount."
+                f"{type(self).__name__}: a MACs or parameter budget needs a search over layer widths, whose proposals "
+                "can be sized to it: RLStructuredPruning(policy='widths') or RandomWidthPruning; or pass a filter "
+                "amount."
             )
         sizes = [int(a.sum()) for a in alive]
         floors = keep_floors(keep_min, sizes, self.round_to)
@@ -579,17 +586,17 @@ class _SearchPruning(prune.BasePruningMethod):
 
         self._cost = None
         if budget is not None:
-            macs_of, most = budget
+            cost_of, most = budget
             # The width searches keep the highest-ranked filters of each group, so a count per group is a keep-set,
-            # and it has MACs.
+            # and it has a cost.
             ranking = self._ranking(features)
-            self._cost = (lambda counts: macs_of(unflatten(keep_top(counts[None], ranking, sizes)[0])), most)
+            self._cost = (lambda counts: cost_of(unflatten(keep_top(counts[None], ranking, sizes)[0])), most)
         device = device_of(model)
         with evaluator.active():
             result = self.search(features, sizes, sum(sizes) - n_prune, floors, evaluate, device)
         return unflatten(result.best_keep)
 
-    #: whether the method proposes layer widths, and so can size them to a MACs budget
+    #: whether the method proposes layer widths, and so can size them to a MACs or parameter budget
     widths_only = False
     #: whether, given no ``saliency``, it ranks a model's filters by :func:`~torch_rlprune.criteria.bn_output`
     #: where batch norms follow all of them (through :func:`global_structured`), instead of by L1 norm
@@ -602,7 +609,7 @@ class _SearchPruning(prune.BasePruningMethod):
         return column if self._rank_column == 0 else column + 1e-3 * features[:, 0]
 
     def _width_budget(self) -> dict[str, Any]:
-        """The ``cost`` and ``budget`` options of a width strategy: the MACs budget of the search, if any."""
+        """The ``cost`` and ``budget`` options of a width strategy: the cost budget of the search, if any."""
         return {} if self._cost is None else {"cost": self._cost[0], "budget": self._cost[1]}
 
 

@@ -6,11 +6,14 @@ import math
 import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 __all__ = [
+    "Budget",
     "MACs",
+    "Params",
     "fewest_to_prune",
     "validate_amount",
     "channels_to_prune",
@@ -26,14 +29,42 @@ NORMALIZATIONS = ("mean", "max", "l2", "rank", "none")
 
 
 @dataclass(frozen=True)
-class MACs:
-    r"""A budget in multiply-accumulates, for ``amount=``: prune until the model keeps ``fraction`` of its MACs.
+class Budget:
+    r"""A budget in a cost of the sliced network, for ``amount=``: prune until the model keeps ``fraction`` of it.
+
+    The cost is counted on the sliced network by :func:`torch_rlprune.metrics.model_stats`, relative to the model
+    as it is (with the masks it already has). A ranking prunes the fewest of its lowest-ranked filters that bring
+    the cost to the budget; a width search (``RLStructuredPruning(policy="widths")``,
+    :class:`~torch_rlprune.RandomWidthPruning`) proposes only layer widths within it. The subclasses,
+    :class:`MACs` and :class:`Params`, name the cost; a new kind of budget is one more subclass.
+
+    Args:
+        fraction (float): the share of the cost kept, in (0, 1].
+
+    Example:
+        >>> import torch_rlprune as rlp
+        >>> [(type(b).__name__, b.kept) for b in (rlp.MACs(0.25), rlp.Params(0.5))]
+        [('MACs', 'macs_kept'), ('Params', 'params_kept')]
+    """
+
+    fraction: float
+    #: the :class:`~torch_rlprune.metrics.ModelStats` property that counts what the budget keeps
+    kept: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        f = self.fraction
+        if isinstance(f, bool) or not isinstance(f, numbers.Real) or not 0 < f <= 1:
+            raise ValueError(
+                f"{type(self).__name__}: fraction must lie in (0, 1] (0.25 keeps a quarter), got {f!r}."
+            )
+
+
+@dataclass(frozen=True)
+class MACs(Budget):
+    r"""A budget in multiply-accumulates per example, for ``amount=``: the model keeps ``fraction`` of its MACs.
 
     AMC-style users state budgets this way. The MACs are those of the sliced network per example, as
-    :func:`torch_rlprune.metrics.count_macs` counts them, relative to the model as it is (with the masks it
-    already has). A ranking prunes the fewest of its lowest-ranked filters that bring the MACs to the budget; a
-    width search (``RLStructuredPruning(policy="widths")``, :class:`~torch_rlprune.RandomWidthPruning`) proposes
-    only layer widths within it.
+    :func:`torch_rlprune.metrics.count_macs` counts them (see :class:`Budget`).
 
     Args:
         fraction (float): the share of the MACs kept, in (0, 1].
@@ -51,12 +82,33 @@ class MACs:
         True
     """
 
-    fraction: float
+    kept: ClassVar[str] = "macs_kept"
 
-    def __post_init__(self) -> None:
-        f = self.fraction
-        if isinstance(f, bool) or not isinstance(f, numbers.Real) or not 0 < f <= 1:
-            raise ValueError(f"MACs: fraction must lie in (0, 1] (0.25 keeps a quarter of the MACs), got {f!r}.")
+
+@dataclass(frozen=True)
+class Params(Budget):
+    r"""A budget in parameters, for ``amount=``: the model keeps ``fraction`` of its parameters.
+
+    The parameters are those of the sliced network, as :func:`torch_rlprune.metrics.count_params` counts them
+    (see :class:`Budget`): for a model headed for a small device, size is the budget rather than compute.
+
+    Args:
+        fraction (float): the share of the parameters kept, in (0, 1].
+
+    Example:
+        >>> import torch
+        >>> import torch.nn.utils.prune as prune
+        >>> import torch_rlprune as rlp
+        >>> model = rlp.models.BasicCNN()
+        >>> x = torch.randn(1, 3, 32, 32)
+        >>> convs = [(m, "weight") for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+        >>> rlp.global_structured(convs, prune.LnStructured, n=1, amount=rlp.Params(0.25), model=model,
+        ...                       example_inputs=x)
+        >>> rlp.metrics.count_params(rlp.slim(model, x)) <= 0.25 * rlp.metrics.count_params(rlp.models.BasicCNN())
+        True
+    """
+
+    kept: ClassVar[str] = "params_kept"
 
 
 def fewest_to_prune(cost: Callable[[int], float], most: int, budget: float, caller: str) -> int:
@@ -80,8 +132,8 @@ def fewest_to_prune(cost: Callable[[int], float], most: int, budget: float, call
     """
     if cost(most) > budget:
         raise ValueError(
-            f"{caller}: the budget keeps fewer MACs than pruning every filter that min_keep allows leaves; lower "
-            "min_keep or raise the MACs fraction."
+            f"{caller}: the budget keeps less than pruning every filter that min_keep allows leaves; lower "
+            "min_keep or raise the budget's fraction."
         )
     low, high = -1, most  # cost(low) > budget (or low = -1), cost(high) <= budget
     while high - low > 1:
@@ -95,7 +147,7 @@ def fewest_to_prune(cost: Callable[[int], float], most: int, budget: float, call
 
 def validate_amount(amount: object, caller: str) -> None:
     """Raise if ``amount`` is not a float in [0, 1] or a non-negative int (the convention of ``torch.nn.utils.prune``)."""
-    if isinstance(amount, MACs):
+    if isinstance(amount, Budget):
         return
     if isinstance(amount, bool) or not isinstance(amount, numbers.Real):
         raise TypeError(
@@ -115,8 +167,10 @@ def validate_amount(amount: object, caller: str) -> None:
 def channels_to_prune(amount: float | int, alive: int, caller: str) -> int:
     """The number of channels ``amount`` asks to prune out of ``alive`` (rounded as ``torch.nn.utils.prune`` does)."""
     validate_amount(amount, caller)
-    if isinstance(amount, MACs):
-        raise TypeError(f"{caller}: a MACs budget needs the whole model: use torch_rlprune.global_structured.")
+    if isinstance(amount, Budget):
+        raise TypeError(
+            f"{caller}: a {type(amount).__name__} budget needs the whole model: use torch_rlprune.global_structured."
+        )
     if isinstance(amount, numbers.Integral):
         if amount > alive:
             raise ValueError(
