@@ -39,7 +39,8 @@ from .groups import (
 from .masks import alive_channels, effective_weight
 from .selection import channels_to_prune, min_keep_counts, select_channels
 
-__all__ = ["l1", "l2", "random", "bn_scale", "bn_output", "snip", "synflow", "same_sign", "CRITERIA", "get"]
+__all__ = ["l1", "l2", "random", "bn_scale", "bn_output", "snip", "synflow", "same_sign", "CRITERIA", "get",
+           "group_gamma"]
 
 Scores = dict[tuple[nn.Module, str], torch.Tensor]
 
@@ -242,9 +243,26 @@ def random(model: nn.Module, *, seed: int | None = None) -> Scores:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _gamma(group: ChannelGroup, spread: bool = False) -> torch.Tensor:
-    r"""Per channel of ``group``, the summed :math:`|\gamma|` of its norms; with ``spread``, each times the share of
-    the channel's running standard deviation that survives the normalisation, :math:`\sqrt{v / (v + \epsilon)}`."""
+def group_gamma(group: ChannelGroup, spread: bool = False) -> torch.Tensor:
+    r"""Per channel of ``group``, the summed :math:`|\gamma|` of its norms (what :func:`bn_scale` ranks by).
+
+    Args:
+        group (ChannelGroup): a channel group; a norm without an affine weight scales by 1.
+        spread (bool): multiply each :math:`|\gamma|` by the share of the channel's running standard deviation
+            that survives the normalisation, :math:`\sqrt{v / (v + \epsilon)}` (what :func:`bn_output` ranks by).
+            Default: ``False``.
+
+    Returns:
+        torch.Tensor: ``[group.size]`` float values on the CPU.
+
+    Example:
+        >>> import torch
+        >>> import torch_rlprune as rlp
+        >>> model = rlp.models.BasicCNN()
+        >>> group = rlp.channel_groups(model, torch.randn(1, 3, 32, 32))[0]
+        >>> group_gamma(group).tolist()[:3]  # gamma starts at 1
+        [1.0, 1.0, 1.0]
+    """
     total = torch.zeros(group.size)
     for member in group.norms:
         gamma = effective_weight(member.module, "weight")
@@ -352,7 +370,7 @@ def _batch_norm_scores(
     convs = _named_convs(model, name)
     groups = _resolve_groups(model, example_inputs, groups, name)
     normed = [g for g in groups if g.norms]
-    values, covered = _spread(normed, [_gamma(g, spread) / len(g.filters) for g in normed])
+    values, covered = _spread(normed, [group_gamma(g, spread) / len(g.filters) for g in normed])
     scores = {
         (conv, "weight"): values[conv].to(conv.weight.device)
         for _, conv in convs
