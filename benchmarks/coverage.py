@@ -16,7 +16,9 @@ the whole output, do not depend on the input, and an error in slicing them would
 * **prunable**: the share of conv filters (output channels of every ``Conv1d/2d/3d``, as
   :func:`torch_rlprune.metrics.filters_per_layer` counts them) that lie in a channel group of
   :func:`torch_rlprune.channel_groups`, as producer or tied depthwise rows. The rest is excluded by the tracer;
-  ``top exclusion`` is the reason that excludes the most filters.
+  ``top exclusion`` is the reason that excludes the most filters. Where torch.fx cannot trace a module, the
+  tracer's error names it and advises ``leaf_modules=[name]``; the script follows that advice, one error at a
+  time, as a user would, and the row says how many modules it took as opaque.
 * Half of the prunable filters are then pruned with ``rlp.global_structured(convs, prune.LnStructured, n=1,
   amount=0.5, ...)`` and sliced out with ``rlp.slim(model, x, verify=False)`` (timed: ``slim s``), and **rel err**
   is ``max|sliced(x') - masked(x')| / max|masked(x')|`` on a fresh random batch ``x'`` of 2 (eval, no_grad);
@@ -44,6 +46,7 @@ import gc
 import importlib.metadata
 import json
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -243,13 +246,33 @@ def relative_error(masked: nn.Module, sliced: nn.Module, x: torch.Tensor) -> tup
     return diff / scale, (reference[0] - reference[1]).abs().max().item() / scale
 
 
+#: What the tracer's error says to do with a module torch.fx cannot trace.
+ADVICE = re.compile(r"pass leaf_modules=\['([^']+)'\]")
+
+
+def traced_as_advised(model: nn.Module, x: torch.Tensor) -> tuple[rlp.ChannelGroups, list[str]]:
+    """The channel groups of ``model``, and the modules taken as opaque (``leaf_modules``) because the tracer's
+    error asked for them, one error at a time, as a user following it would."""
+    leaves: list[str] = []
+    while True:
+        try:
+            return rlp.channel_groups(model, x, leaf_modules=leaves), leaves
+        except ValueError as error:
+            advised = ADVICE.search(str(error))
+            if advised is None or advised.group(1) in leaves:
+                raise
+            leaves.append(advised.group(1))
+
+
 def prune_with_rlp(model: nn.Module, x: torch.Tensor, check: torch.Tensor, params: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     try:
         dense = filters_per_layer(model)
         out["filters"] = sum(total for _, total in dense.values())
         out["prunable"] = 0.0  # until the trace says otherwise: a model the tracer refuses has nothing prunable
-        groups = rlp.channel_groups(model, x)
+        groups, leaves = traced_as_advised(model, x)
+        if leaves:
+            out["leaf_modules"] = leaves
         prunable, out["top_exclusion"] = coverage(groups, dense)
         out["prunable"] = prunable / out["filters"] if out["filters"] else None
         if not prunable:  # global_structured would raise ValueError: nothing to prune
@@ -260,7 +283,7 @@ def prune_with_rlp(model: nn.Module, x: torch.Tensor, check: torch.Tensor, param
             rlp.global_structured(convs, prune.LnStructured, n=1, amount=AMOUNT, model=model, example_inputs=x,
                                   groups=groups)  # fmt: skip
         start = time.perf_counter()
-        sliced = rlp.slim(model, x, verify=False)
+        sliced = rlp.slim(model, x, verify=False, groups=groups)
         out["slim_s"] = time.perf_counter() - start
         out["params_after"] = n_params(sliced) / params
         out["rel_err"], out["output_spread"] = relative_error(model, sliced, check)
@@ -423,6 +446,8 @@ def seconds(value: float | None) -> str:
 def table_row(row: dict[str, Any]) -> list[str]:
     rel_err = row.get("rel_err")
     note = row.get("error") or row.get("top_exclusion") or ""
+    if row.get("leaf_modules"):
+        note = f"{len(row['leaf_modules'])} modules opaque, as the tracer's error advises; {note}"
     if row.get("output_spread", 1) < IGNORES_INPUT:
         note = f"the output ignores the input: rel err says nothing. {note}"
     return [
