@@ -427,3 +427,14 @@ def test_search_with_a_reward_pool_finalists_and_more_than_the_validation_split_
     assert not (tmp_path / "b" / "snapshots").exists()
     assert_user_error(run_main(["search", *QUICK, "--reward-batches", "1", "--reward-pool", "2", "--finalists", "1",
                                 "--out", str(tmp_path / "c")]), 1, "one more set for finalists=1")  # fmt: skip
+
+
+def test_run_with_a_parameter_budget_keeps_at_most_its_share(tmp_path):
+    out = tmp_path / "run"
+    code, _, stderr = run_main(["run", *QUICK, "--method", "l1", "--budget", "params", "--amount", "0.6", "--out",
+                                str(out)])  # fmt: skip
+    assert code == 0, stderr
+    report = json.loads((out / "report.json").read_text())
+    dense, pruned = report["dense"]["params"], report["pruned"]["params"]
+    assert 0.3 * dense < pruned <= 0.4 * dense  # the budget, not far below it
+    assert report["amount_counts"] == "parameters" and "at amount 0.6 of the parameters" in (out / "report.md").read_text()

@@ -65,6 +65,7 @@ import torch
 
 from . import __version__
 from . import pipeline as pl
+from .selection import BUDGETS
 
 __all__ = ["main", "build_parser", "UsageError"]
 
@@ -212,6 +213,9 @@ def _add_pipeline(parser: argparse.ArgumentParser, *, single: bool) -> None:
                            help="fractions of the filters to prune (default: 0.5 0.7)")
         prune.add_argument("--seeds", nargs="+", type=_count(0), metavar="S",
                            help="seeds; each trains its own dense model (default: 0)")
+    prune.add_argument("--budget", choices=("filters", *BUDGETS),
+                       help=f"what --amount is a share of: filters, or the sliced network's MACs per example or "
+                       f"parameters (--amount 0.7 then leaves at most 30%% of them) (default: {d.budget})")  # fmt: skip
     prune.add_argument("--episodes", type=_count(1), metavar="N",
                        help=f"masks a search method (rl, sa, random) evaluates (default: {d.episodes})")
     prune.add_argument("--reward", choices=pl.REWARDS,

@@ -14,6 +14,7 @@ __all__ = [
     "Budget",
     "MACs",
     "Params",
+    "BUDGETS",
     "fewest_to_prune",
     "validate_amount",
     "channels_to_prune",
@@ -50,6 +51,8 @@ class Budget:
     fraction: float
     #: the :class:`~torch_rlprune.metrics.ModelStats` property that counts what the budget keeps
     kept: ClassVar[str] = ""
+    #: what it counts, in words
+    counts: ClassVar[str] = ""
 
     def __post_init__(self) -> None:
         f = self.fraction
@@ -83,6 +86,7 @@ class MACs(Budget):
     """
 
     kept: ClassVar[str] = "macs_kept"
+    counts: ClassVar[str] = "MACs per example"
 
 
 @dataclass(frozen=True)
@@ -109,6 +113,11 @@ class Params(Budget):
     """
 
     kept: ClassVar[str] = "params_kept"
+    counts: ClassVar[str] = "parameters"
+
+
+#: Every kind of budget by the name the command gives it (``--budget``): the subclasses of :class:`Budget`.
+BUDGETS: dict[str, type[Budget]] = {kind.__name__.lower(): kind for kind in Budget.__subclasses__()}
 
 
 def fewest_to_prune(cost: Callable[[int], float], most: int, budget: float, caller: str) -> int:

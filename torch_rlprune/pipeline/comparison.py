@@ -125,7 +125,8 @@ def comparison_markdown(rows: Sequence[dict[str, Any]], config: PipelineConfig |
              f"every network trained {_plural(config.epochs, 'epoch')} with one schedule. Search methods: "
              f"{_plural(config.episodes, 'episode')}, reward {config.reward} on "
              f"{_plural(config.reward_batches, 'validation batch', 'validation batches')}. Accuracy on the test "
-             "split. Amount counts filters (output channels of convolutions)."),
+             "split. Amount counts " + ("filters (output channels of convolutions)." if config.budget == "filters"
+                                         else f"{config.amount_counts} (a budget: the share pruned).")),
             "",
         ]
     lines += ["| method | amount | seeds | test accuracy | params | MACs | filters | CPU latency (ms) | search (s) |",
@@ -140,8 +141,9 @@ def comparison_markdown(rows: Sequence[dict[str, Any]], config: PipelineConfig |
     return "\n".join(lines) + "\n"
 
 
-def comparison_plot(rows: Sequence[dict[str, Any]], path: PathLike) -> bool:
-    """Plot test accuracy against filter sparsity and against MACs into a PNG; ``False`` without matplotlib."""
+def comparison_plot(rows: Sequence[dict[str, Any]], path: PathLike, counts: str = "filters") -> bool:
+    """Plot test accuracy against the amount pruned (a share of the ``counts``: filters, or a budget's cost) and
+    against MACs into a PNG; ``False`` without matplotlib."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -162,7 +164,7 @@ def comparison_plot(rows: Sequence[dict[str, Any]], path: PathLike) -> bool:
         err = [100 * r["accuracy_std"] for r in points]
         by_sparsity.errorbar([r["amount"] for r in points], acc, yerr=err, marker="o", capsize=3, label=method)
         by_macs.errorbar([r["macs"] for r in points], acc, yerr=err, marker="o", capsize=3, label=method)
-    by_sparsity.set(xlabel="filters pruned (fraction)", ylabel="test accuracy (%)", title="accuracy vs sparsity")
+    by_sparsity.set(xlabel=f"{counts} pruned (fraction)", ylabel="test accuracy (%)", title="accuracy vs sparsity")
     by_macs.set(xlabel="MACs per example", ylabel="test accuracy (%)", title="accuracy vs MACs", xscale="log")
     by_macs.xaxis.set_minor_formatter(NullFormatter())
     for axes in (by_sparsity, by_macs):
@@ -188,7 +190,7 @@ def write_comparison(rows: Sequence[dict[str, Any]], out: PathLike, config: Pipe
     _write_json(out / "compare.json", {"config": config.to_dict() if config else None, "rows": list(rows)})
     (out / "compare.md").write_text(comparison_markdown(rows, config))
     written = [out / "compare.csv", out / "compare.json", out / "compare.md"]
-    if comparison_plot(rows, out / "compare.png"):
+    if comparison_plot(rows, out / "compare.png", config.amount_counts if config else "filters"):
         written.append(out / "compare.png")
     else:
         log('matplotlib is not installed, so no compare.png: pip install "torch-rlprune[plot]" (or matplotlib).')

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -17,6 +18,7 @@ from torch import nn
 
 from ..criteria import CRITERIA
 from ..methods import SEARCH_METHODS, RLStructuredPruning
+from ..selection import BUDGETS, Budget
 from ..search.rewards import REWARDS as REWARD_TYPES
 
 PathLike = Union[str, os.PathLike]
@@ -63,7 +65,12 @@ class PipelineConfig:
             rewarded on. Default: 0.1.
         augment (bool, optional): random crops and flips while training. Default: on, except for ``"digits"``.
         method (str): one of :data:`METHODS`. Default: ``"rl"``.
-        amount (float): fraction of the filters to prune, in (0, 1). Default: 0.7.
+        amount (float): fraction of the filters to prune, in (0, 1) (of the ``budget``'s cost where it is not
+            ``"filters"``). Default: 0.7.
+        budget (str): what ``amount`` is a share of: ``"filters"``, or a cost of the sliced network, ``"macs"``
+            (per example) or ``"params"`` (:data:`torch_rlprune.selection.BUDGETS`): ``amount=0.7`` then prunes
+            until at most 30% of it is left. Rankings and the searches over layer widths (``method="rl"`` with
+            ``policy="widths"``, ``"random_width"``) take such a budget. Default: ``"filters"``.
         min_keep (int or float): filters every layer keeps at least, as a count (int) or as a fraction of the
             layer's filters (float, rounded up). Default: 0.05, a floor that keeps a search at high sparsity from
             starving the early layers (see :doc:`search`).
@@ -108,6 +115,7 @@ class PipelineConfig:
     augment: bool | None = None
     method: str = "rl"
     amount: float = 0.7
+    budget: str = "filters"
     min_keep: float | int = 0.05
     episodes: int = 300
     reward: str = "accuracy"
@@ -146,6 +154,8 @@ class PipelineConfig:
                 f"amount must be a fraction of the filters strictly between 0 and 1 (0.7 prunes 70%), got "
                 f"{self.amount!r}."
             )
+        if self.budget != "filters":
+            self._check_budget()
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must lie strictly between 0 and 1, got {self.val_fraction!r}.")
         for name in ("episodes", "reward_batches", "reward_pool", "epochs", "batch_size", "latency_batch",
@@ -203,6 +213,32 @@ class PipelineConfig:
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {self.device!r} was asked for, but CUDA is not available here; use cpu.")
         return self
+
+    def _check_budget(self) -> None:
+        if self.budget not in BUDGETS:
+            raise ValueError(f"unknown budget {self.budget!r}; choose one of filters, {', '.join(BUDGETS)}.")
+        if self.searches:
+            kind = SEARCH_METHODS[self.method]
+            widths = kind.widths_only or (kind is RLStructuredPruning and self.policy == "widths")
+            if not widths:
+                raise ValueError(
+                    f"a {self.budget} budget needs a search over layer widths (method rl with policy widths, or "
+                    f"random_width), or a criterion; {self.method}"
+                    + (f" with policy {self.policy}" if kind is RLStructuredPruning else "") + " keeps a filter count."
+                )
+        elif "amount" in inspect.signature(CRITERIA[CRITERION_METHODS[self.method]]).parameters:
+            raise ValueError(f"{self.method} prunes as it scores and needs a filter amount; use --budget filters.")
+
+    def amount_for(self, amount: float | None = None) -> float | Budget:
+        """What ``global_structured`` gets as its ``amount`` for ``amount`` (default: :attr:`amount`): the fraction
+        itself, or for a cost ``budget`` the :class:`~torch_rlprune.selection.Budget` that keeps the rest."""
+        amount = self.amount if amount is None else amount
+        return amount if self.budget == "filters" else BUDGETS[self.budget](1 - amount)
+
+    @property
+    def amount_counts(self) -> str:
+        """What :attr:`amount` is a share of, in words."""
+        return "filters" if self.budget == "filters" else BUDGETS[self.budget].counts
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as a JSON-ready dict."""

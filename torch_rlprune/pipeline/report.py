@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from .config import PipelineConfig
 from .measuring import Metrics
 
 
@@ -60,7 +61,8 @@ class Report:
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["sparsity"] = self.sparsity
-        data["amount_counts"] = "filters (output channels of convolutions)"
+        counts = PipelineConfig.from_dict(self.config).amount_counts
+        data["amount_counts"] = "filters (output channels of convolutions)" if counts == "filters" else counts
         return data
 
     @classmethod
@@ -93,7 +95,8 @@ class Report:
     def _headline(self) -> str:
         c = self.config
         model = _model_label(c)
-        head = f"{model} on {c['data']}, {c['method']} at amount {c['amount']} of the filters; "
+        head = f"{model} on {c['data']}, {c['method']} at amount {c['amount']} of the "
+        head += f"{PipelineConfig.from_dict(c).amount_counts}; "
         if c.get("weights"):
             return head + (f"mask searched at the weights in {c['weights']}, pruned network fine-tuned "
                            f"{_plural(c['epochs'], 'epoch')}")  # fmt: skip

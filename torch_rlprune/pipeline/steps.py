@@ -115,7 +115,8 @@ def prune_model(
     writer: Any = None,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Mask ``amount`` of ``model``'s filters with ``method`` (defaults: the config's) through ``global_structured``.
+    """Mask ``amount`` of ``model``'s filters (or of its ``budget``'s cost) with ``method`` (defaults: the config's)
+    through ``global_structured``.
 
     ``init_state`` (a snapshot's state at init) is what ``"same_sign"`` compares the weights with.
 
@@ -128,7 +129,8 @@ def prune_model(
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}.")
     convs = _convs(model)
-    common = {"model": model, "example_inputs": ws.example_inputs, "amount": amount, "min_keep": c.min_keep}
+    common = {"model": model, "example_inputs": ws.example_inputs, "amount": c.amount_for(amount),
+              "min_keep": c.min_keep}
     start = time.perf_counter()
     result = None
     if method in SEARCH_METHODS:
@@ -251,7 +253,7 @@ def search_step(
                 log(f"dense control: test accuracy {record['accuracy']:.2%}")
                 ticket.rewind(model, at_k)
         resume = False
-    log(f"pruning {c.amount:.0%} of the filters with {c.method}"
+    log(f"pruning {c.amount:.0%} of the {c.amount_counts} with {c.method}"
         + (f" ({c.episodes} episodes, reward {c.reward} on {c.reward_batches} validation batches)" if c.searches else ""))  # fmt: skip
     init_state = Snapshot.load(snapshots / "init.pt").state
     summary = prune_model(ws, model, init_state, checkpoint=checkpoint if c.searches else None,
