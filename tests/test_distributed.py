@@ -23,7 +23,8 @@ def planted(keep):
 
 
 def searches(distributed):
-    """The searches every process runs: planted-problem RL and SA, and an RL search of a small model's filters."""
+    """The searches every process runs: planted-problem RL and SA, and an RL search of a small model's filters
+    rewarded on a pool of validation sets."""
     calls = []
 
     def counted(keep):
@@ -38,8 +39,10 @@ def searches(distributed):
     model = rlp.models.BasicCNN(width=0.25)
     x, y = torch.randn(32, 3, 32, 32), torch.randint(0, 10, (32,))
     found = rlp.global_structured(conv_pairs(model), rlp.RLStructuredPruning, amount=0.5, model=model,
-                                  example_inputs=x[:1], reward=rlp.rewards.NegativeLoss([(x, y)]), episodes=16,
-                                  batch=4, seed=0, progress=False, distributed=distributed)  # fmt: skip
+                                  example_inputs=x[:1], episodes=16, batch=4, seed=0, progress=False,
+                                  # a pool of 4 sets: each rank must score a step on the set a single process would
+                                  reward=rlp.rewards.NegativeLoss(list(zip(x.split(8), y.split(8))), batches=1, pool=4),
+                                  distributed=distributed)  # fmt: skip
     mask = torch.cat([alive_channels(g) for g in rlp.channel_groups(model, x[:1])])
     return {
         "rl_rewards": [r["reward"] for r in rl.history],

@@ -12,6 +12,7 @@ from torch_rlprune.search.controller import ReinforceController
 from torch_rlprune.search.evaluation import PAD_STEPS, CandidateEvaluator, CandidateModel
 from torch_rlprune.masks import alive_channels, apply_channel_masks, keep_vectors
 from torch_rlprune.search import AnnealingStrategy, RandomStrategy, ReinforceStrategy, run_search
+from torch_rlprune.search.loop import TRIM_EVERY
 
 from conftest import conv_pairs
 
@@ -63,32 +64,56 @@ def test_history_callbacks_and_writer_see_every_evaluation():
     assert result.wall_time > 0
 
 
-def test_a_search_gives_freed_memory_back_after_every_step(monkeypatch):
+@pytest.mark.parametrize("batch", [1, 8])
+def test_a_search_gives_freed_memory_back_every_few_evaluations(monkeypatch, batch):
     calls = []
     monkeypatch.setattr("torch_rlprune.search.loop.release_freed_memory", lambda: calls.append(len(calls)))
     rl = ReinforceStrategy(ReinforceController(torch.zeros(200, 1), SIZES, N_KEEP, FLOOR, seed=0))
-    run_search(rl, planted, episodes=20, batch=8, progress=False)
-    assert len(calls) == 3  # steps of 8, 8 and 4 candidates
+    run_search(rl, planted, episodes=20, batch=batch, progress=False)
+    assert len(calls) == 20 // TRIM_EVERY  # after 8 and 16 evaluations, whatever the step size
 
 
-@pytest.mark.parametrize("kind", ["rl", "sa", "random"])
+class PredictsZero(nn.Module):
+    def forward(self, x):
+        return torch.stack([torch.ones(len(x)), torch.zeros(len(x))], dim=1)
+
+
+def pooled_planted(seen=None):
+    """The planted reward plus a hundredth of an accuracy on a pool of 3 sets scored 0, 0.5 and 1 (appended to
+    ``seen``): what a pooled reward gives depends on the set it takes."""
+    labels = ([1, 1, 1, 1], [0, 0, 1, 1], [0, 0, 0, 0])
+    pool = rlp.rewards.Accuracy([(torch.zeros(4, 1), torch.tensor(y)) for y in labels], batches=1, pool=3)
+
+    def reward(keep):
+        score = pool(PredictsZero())
+        if seen is not None:
+            seen.append(score)
+        return planted(keep) + 0.01 * score
+
+    return reward
+
+
+@pytest.mark.parametrize("kind", ["rl", "sa", "random", "rl with a pooled reward"])
 def test_resume_after_interruption_ends_like_an_uninterrupted_run(kind, tmp_path):
     def strategy():
-        if kind == "rl":
+        if kind.startswith("rl"):
             return ReinforceStrategy(ReinforceController(torch.zeros(200, 1), SIZES, N_KEEP, FLOOR, seed=3))
         if kind == "sa":
             return AnnealingStrategy(SIZES, N_KEEP, FLOOR, episodes=80, seed=3)
         return RandomStrategy(SIZES, N_KEEP, FLOOR, seed=3)
 
-    full = run_search(strategy(), planted, episodes=80, batch=4, progress=False)
+    sets = []
+    reward = pooled_planted(sets) if kind.endswith("pooled reward") else planted
+    full = run_search(strategy(), reward, episodes=80, batch=4, progress=False)
 
     calls = []
+    reward = pooled_planted() if kind.endswith("pooled reward") else planted
 
     def flaky(keep):
         calls.append(1)
         if len(calls) == 43:
             raise KeyboardInterrupt
-        return planted(keep)
+        return reward(keep)
 
     path = tmp_path / "search.pt"
     stopped = run_search(strategy(), flaky, episodes=80, batch=4, checkpoint=path, checkpoint_every=8, progress=False)
@@ -96,10 +121,13 @@ def test_resume_after_interruption_ends_like_an_uninterrupted_run(kind, tmp_path
     done = stopped.evaluations
     assert stopped.interrupted and 38 <= done < 43 and len(stopped.history) == done
     assert stopped.best_reward == max(r["reward"] for r in full.history[:done])
-    resumed = run_search(strategy(), planted, episodes=80, batch=4, checkpoint=path, resume=path, progress=False)
+    reward = pooled_planted() if kind.endswith("pooled reward") else planted  # a new process: the pool starts afresh
+    resumed = run_search(strategy(), reward, episodes=80, batch=4, checkpoint=path, resume=path, progress=False)
     assert not resumed.interrupted and resumed.evaluations == 80
     assert [r["reward"] for r in resumed.history] == [r["reward"] for r in full.history]
     assert torch.equal(resumed.best_keep, full.best_keep) and resumed.best_reward == full.best_reward
+    if kind.endswith("pooled reward"):  # each step's candidates on one set, the sets in turn
+        assert sets == [[0.0, 0.5, 1.0][(e // 4) % 3] for e in range(80)]
 
 
 def test_resume_refuses_a_checkpoint_of_another_search(tmp_path):

@@ -11,9 +11,11 @@ from typing import Any
 @functools.cache
 def _malloc_trim() -> Any:
     try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
     except (OSError, AttributeError):  # not glibc: macOS, Windows, musl
         return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim
 
 
 def release_freed_memory() -> None:
@@ -21,9 +23,12 @@ def release_freed_memory() -> None:
 
     A search evaluates candidates of ever other widths, so the CPU allocator frees activations of many sizes, and
     glibc keeps the freed pages between live blocks: a 500-episode search of BasicCNN held 51-117 MiB more at its
-    peak, over eight runs. Trimming after every step of the search keeps the pages free without changing the
-    allocator's settings for the rest of the user's program (as ``MALLOC_MMAP_THRESHOLD_`` would); it costs about
-    2 ms a call.
+    peak, over eight runs. A search calls this every few evaluations (``search.loop.TRIM_EVERY``), which keeps the
+    pages free without changing the allocator's settings for the rest of the user's program (as
+    ``MALLOC_MMAP_THRESHOLD_`` would).
+
+    Example:
+        >>> release_freed_memory()  # returns nothing; the process's resident set may shrink
     """
     trim = _malloc_trim()
     if trim is not None:

@@ -22,7 +22,7 @@ import torch
 
 from .._files import atomic_save, read_checked
 from .._memory import release_freed_memory
-from .rewards import check_reward
+from .rewards import check_reward, search_step
 
 __all__ = ["SearchStrategy", "SearchResult", "run_search"]
 
@@ -84,6 +84,10 @@ class SearchResult:
             self.finalists.append((reward, keep))
             self.finalists.sort(key=lambda pair: -pair[0])
             del self.finalists[places:]
+
+
+#: Evaluations between two returns of freed heap memory to the system (see :func:`release_freed_memory`).
+TRIM_EVERY = 8
 
 
 def _progress(total: int, initial: int, enabled: bool, desc: str) -> Any:
@@ -286,15 +290,17 @@ def run_search(
             try:
                 keep, token = strategy.propose(min(batch, episodes - result.evaluations))
                 rewards = torch.zeros(len(keep), dtype=torch.float64)
+                step = search_step.set(result.evaluations // batch)
                 try:
                     for i in ranks.mine(len(keep)):
                         rewards[i] = check_reward(evaluate(keep[i]), evaluate)
                 except Exception:
                     ranks.share(rewards, failed=True)
                     raise
+                finally:
+                    search_step.reset(step)
                 rewards = ranks.share(rewards, failed=False)
                 stats = strategy.observe(token, keep, rewards)
-                release_freed_memory()
             except KeyboardInterrupt:
                 if before is not None:
                     strategy.load_state_dict(before)
@@ -309,6 +315,8 @@ def run_search(
                                 "best_reward": result.best_reward, "kept": counts, **stats})  # fmt: skip
             result.history.extend(records)
             result.evaluations += len(records)
+            if result.evaluations // TRIM_EVERY > (result.evaluations - len(records)) // TRIM_EVERY:
+                release_freed_memory()
             for record in records:
                 for callback in callbacks:
                     callback(record)

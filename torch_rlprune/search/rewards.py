@@ -9,6 +9,7 @@ makes that test accuracy meaningless.
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import math
 import numbers
@@ -34,14 +35,22 @@ __all__ = [
     "ShortTrained",
     "REWARDS",
     "make_reward",
+    "search_step",
     "check_reward",
 ]
+
+
+#: The step of the search that is running, set by :func:`~torch_rlprune.search.run_search` while it evaluates a
+#: step's candidates: a reward with a pool scores every candidate of a step on the same set (the step's candidates
+#: are compared with each other), and the set follows from the step, so that a resumed search and the processes of
+#: a distributed one see the sets an uninterrupted single process would.
+search_step: contextvars.ContextVar[int | None] = contextvars.ContextVar("search_step", default=None)
 
 
 class _CachedBatches:
     """``batches`` (inputs, targets) pairs of a loader, fetched once and kept on the model's device: its first
     ``batches``, or with ``pool=k`` its first ``k * batches`` split into ``k`` sets that :meth:`get` hands out in
-    turn."""
+    turn: one set per search step (:data:`search_step`), or per call outside a search."""
 
     def __init__(self, loader: Iterable[Any], batches: int | None, name: str, pool: int = 1) -> None:
         if isinstance(loader, (torch.Tensor, str, bytes)) or not isinstance(loader, Iterable):
@@ -57,7 +66,8 @@ class _CachedBatches:
         self._cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def get(self, model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """The batches of this call: always the same ones, or with a pool the next set."""
+        """The batches of this call: always the same ones, or with a pool the set of this search step (outside a
+        search, the next set)."""
         device = device_of(model)
         if self._cache is None or self._cache[0][0].device != device:
             wanted = None if self.batches is None else self.batches * self.pool
@@ -78,8 +88,10 @@ class _CachedBatches:
             self._cache = cache
         if self.pool == 1:
             return self._cache
-        start = (self.turn % self.pool) * self.batches
-        self.turn += 1
+        turn = search_step.get()
+        if turn is None:
+            turn, self.turn = self.turn, self.turn + 1
+        start = (turn % self.pool) * self.batches
         return self._cache[start : start + self.batches]
 
 
@@ -88,7 +100,10 @@ class Accuracy:
 
     A search that scores every candidate on the same few images learns those images: over 1,000 rewards on 512
     validation images, the filters it picked scored higher there and fine-tuned worse (see :doc:`search`). With
-    ``pool=k`` each call scores on the next of ``k`` sets of ``batches`` batches instead, in turn.
+    ``pool=k`` each step of a search scores its candidates on the next of ``k`` sets of ``batches`` batches
+    instead, in turn (outside a search, each call takes the next set). The best reward of a search then compares
+    candidates scored on different sets: re-score its finalists on fresh batches (``finalists=``,
+    ``final_reward=``).
 
     Args:
         loader (iterable): yields ``(inputs, targets)`` batches of validation data, e.g. a
@@ -370,7 +385,7 @@ class ShortTrained:
 
 
 #: The rewards by name, as the command's ``--reward`` offers them. A new reward is added here; it is built as
-#: ``cls(loader, batches, pool=...)``, with ``example_inputs=`` too where its signature has it.
+#: ``cls(loader, batches)``, with ``pool=`` and ``example_inputs=`` too where its signature has them.
 REWARDS: dict[str, type] = {"accuracy": Accuracy, "loss": NegativeLoss, "macs": MACsAware}
 
 
@@ -408,8 +423,13 @@ def make_reward(
     if name not in REWARDS:
         raise ValueError(f"unknown reward {name!r}; choose one of {', '.join(REWARDS)}.")
     cls = REWARDS[name]
-    extra = {"example_inputs": example_inputs} if "example_inputs" in inspect.signature(cls).parameters else {}
-    reward = cls(loader, batches, pool=pool, **extra)
+    accepted = inspect.signature(cls).parameters
+    extra = {"example_inputs": example_inputs} if "example_inputs" in accepted else {}
+    if "pool" in accepted:
+        extra["pool"] = pool
+    elif pool != 1:
+        raise ValueError(f"reward {name!r} takes no pool; pass pool=1, or give {cls.__name__} a pool argument.")
+    reward = cls(loader, batches, **extra)
     return reward if recalibrate is None else Recalibrated(reward, recalibrate, batches=recalibrate_batches)
 
 
