@@ -274,10 +274,40 @@ def test_macs_budget_errors_are_clear():
         rlp.MACs(0.0)
     with pytest.raises(ValueError, match=r"Params: fraction must lie in \(0, 1\]"):
         rlp.Params(1.5)
+    with pytest.raises(TypeError, match="Budget names no cost; use rlp.MACs or rlp.Params"):
+        rlp.selection.Budget(0.5)
+
+
+class TiedConvs(nn.Module):
+    """Two convs sharing one weight: slicing gives each its own rows of it."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 1)
+        self.c.weight = nn.Parameter(torch.randn(8, 8, 1, 1))
+        self.d = nn.Conv2d(8, 8, 1)
+        self.d.weight = self.c.weight
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.head(self.d(self.c(self.b(self.a(x)).relu()).relu()).mean((2, 3)))
+
+
+def test_a_parameter_budget_refuses_weights_shared_between_convs_and_a_macs_budget_takes_them():
+    x = torch.randn(1, 3, 8, 8)
+    model = TiedConvs()
+    convs = [(m, "weight") for m in model.modules() if isinstance(m, nn.Conv2d)]
+    with pytest.raises(ValueError, match="'c', 'd' share a parameter, which a Params budget cannot count"):
+        rlp.global_structured(convs, torch.nn.utils.prune.LnStructured, n=1, amount=rlp.Params(0.5), model=model,
+                              example_inputs=x)  # fmt: skip
+    assert not torch.nn.utils.prune.is_pruned(model)
+    rlp.global_structured(convs, torch.nn.utils.prune.LnStructured, n=1, amount=rlp.MACs(0.5), model=model,
+                          example_inputs=x)  # fmt: skip
+    assert rlp.metrics.count_macs(rlp.slim(model, x), x) <= 0.5 * rlp.metrics.count_macs(TiedConvs(), x)
     with pytest.raises(ValueError, match="round_to with a Params budget"):
         rlp.global_structured(convs, torch.nn.utils.prune.LnStructured, n=1, amount=rlp.Params(0.5), model=model,
                               example_inputs=x[:1], round_to=8)  # fmt: skip
-    with pytest.raises(ValueError, match="needs a search over layer widths"):
+    with pytest.raises(ValueError, match="SimulatedAnnealingPruning keeps a filter count and cannot meet a MACs"):
         rlp.global_structured(convs, rlp.SimulatedAnnealingPruning, amount=rlp.MACs(0.5), model=model,
                               example_inputs=x[:1], reward=lambda m: 0.0, episodes=2, progress=False)  # fmt: skip
     with pytest.raises(ValueError, match="round_to with a MACs budget"):

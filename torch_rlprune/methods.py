@@ -54,6 +54,7 @@ __all__ = [
     "RandomWidthPruning",
     "SEARCH_METHODS",
     "rl_structured",
+    "takes_budget",
 ]
 
 Parameters = Iterable[tuple[nn.Module, str]]
@@ -310,6 +311,13 @@ def global_structured(
     alive = [alive_channels(g) for g in chosen]
     sizes = [int(a.sum()) for a in alive]
     keep_min = min_keep_counts([g.size for g in chosen], min_keep, _CALLER)
+    if isinstance(amount, Budget) and not takes_budget(pruning_method, **kwargs):
+        name = pruning_method if isinstance(pruning_method, str) else pruning_method.__name__
+        raise ValueError(
+            f"{_CALLER}: {name} keeps a filter count and cannot meet a {type(amount).__name__} budget: use a ranking "
+            "or a search over layer widths (RLStructuredPruning(policy='widths'), RandomWidthPruning), or pass a "
+            "filter amount."
+        )
     budget = _cost_budget(model, chosen, alive, example_inputs, amount, block)
     # Before any scoring or search, which may take long, so that an impossible budget fails at once.
     n_prune = 0 if budget else channels_to_prune(amount, sum(sizes), _CALLER)
@@ -328,9 +336,6 @@ def global_structured(
         context = {"example_inputs": example_inputs, "groups": ChannelGroups(chosen, groups.excluded),
                    "amount": n_prune, "min_keep": min_keep}  # fmt: skip
         accepted = inspect.signature(criterion).parameters
-        if budget and "amount" in accepted:
-            raise ValueError(f"{_CALLER}: {pruning_method!r} prunes as it scores and needs a filter amount, not a "
-                             f"{type(amount).__name__} budget.")  # fmt: skip
         call_kwargs = {k: v for k, v in context.items() if k in accepted} | kwargs
         scores = _criterion_scores(chosen, criterion(model, **call_kwargs))
     elif pruning_method is prune.RandomStructured:
@@ -351,6 +356,22 @@ def global_structured(
     apply_channel_masks(chosen, keep)
 
 
+def _refuse_tied_weights(model: nn.Module, groups: Sequence[ChannelGroup], budget: str) -> None:
+    """Raise if a parameter that pruning may cut is shared between modules: the counts hold it once, but modules
+    that keep different channels of it each get their own slice, so the sliced model could exceed the budget."""
+    owners: dict[int, list[str]] = {}
+    for name, module in model.named_modules():
+        for param in module.parameters(recurse=False):
+            owners.setdefault(id(param), []).append(name)
+    members = {m.name for g in groups for m in g.members}
+    for names in owners.values():
+        if len(names) > 1 and members.intersection(names):
+            raise ValueError(
+                f"{_CALLER}: {', '.join(repr(n) for n in names)} share a parameter, which a {budget} budget cannot "
+                "count once they keep different channels of it; pass a filter amount or a MACs budget."
+            )
+
+
 def _cost_budget(
     model: nn.Module,
     groups: Sequence[ChannelGroup],
@@ -368,6 +389,8 @@ def _cost_budget(
         raise ValueError(
             f"{_CALLER}: round_to with a {type(amount).__name__} budget is not supported yet; pass a filter amount."
         )
+    if amount.kept == "params_kept":
+        _refuse_tied_weights(model, groups, type(amount).__name__)
     evaluator = CandidateEvaluator(model, groups, example_inputs)
 
     def cost_of(keep: Sequence[torch.Tensor]) -> int:
@@ -598,6 +621,11 @@ class _SearchPruning(prune.BasePruningMethod):
 
     #: whether the method proposes layer widths, and so can size them to a MACs or parameter budget
     widths_only = False
+
+    @classmethod
+    def proposes_widths(cls, options: Mapping[str, Any]) -> bool:
+        """Whether the method, given ``options``, searches over layer widths through :func:`global_structured`."""
+        return cls.widths_only
     #: whether, given no ``saliency``, it ranks a model's filters by :func:`~torch_rlprune.criteria.bn_output`
     #: where batch norms follow all of them (through :func:`global_structured`), instead of by L1 norm
     ranks_by_bn_output = False
@@ -738,6 +766,10 @@ class RLStructuredPruning(_SearchPruning):
         self.policy = policy
         self.widths_only = self.ranks_by_bn_output = policy == "widths"
 
+    @classmethod
+    def proposes_widths(cls, options: Mapping[str, Any]) -> bool:
+        return options.get("policy", "widths") == "widths"  # the default policy over a whole model
+
     def _strategy(self, features, group_sizes, n_keep, min_keep, device):  # type: ignore[no-untyped-def]
         options = {k: v for k, v in self.options.items() if k not in ("saliency", "policy")}
         if self.policy == "widths":
@@ -854,6 +886,33 @@ SEARCH_METHODS: dict[str, type[_SearchPruning]] = {
     "random": RandomSearchPruning,
     "random_width": RandomWidthPruning,
 }
+
+
+def takes_budget(pruning_method: type | str, **options: Any) -> bool:
+    r"""Whether :func:`global_structured` can prune with ``pruning_method`` under a MACs or parameter budget.
+
+    Rankings can (``prune.LnStructured``, ``prune.RandomStructured``, a criterion that scores before pruning),
+    and so can searches that propose layer widths; searches over single filters and criteria that prune as they
+    score (SynFlow) keep a filter count.
+
+    Args:
+        pruning_method (type or str): as for :func:`global_structured`.
+        options: the method's options (``policy`` of :class:`RLStructuredPruning`).
+
+    Returns:
+        bool: whether it takes a :class:`~torch_rlprune.selection.Budget`.
+
+    Example:
+        >>> takes_budget(RLStructuredPruning), takes_budget(RLStructuredPruning, policy="filters")
+        (True, False)
+        >>> takes_budget("l1"), takes_budget("synflow"), takes_budget(SimulatedAnnealingPruning)
+        (True, False, False)
+    """
+    if isinstance(pruning_method, str):
+        return "amount" not in inspect.signature(criteria.get(pruning_method)).parameters
+    if isinstance(pruning_method, type) and issubclass(pruning_method, _SearchPruning):
+        return pruning_method.proposes_widths(options)
+    return True
 
 def rl_structured(
     module: nn.Module, name: str, amount: float | int, reward: Callable[[nn.Module], float], dim: int = 0,

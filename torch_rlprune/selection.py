@@ -55,6 +55,8 @@ class Budget:
     counts: ClassVar[str] = ""
 
     def __post_init__(self) -> None:
+        if not self.kept:
+            raise TypeError(f"{type(self).__name__} names no cost; use rlp.MACs or rlp.Params.")
         f = self.fraction
         if isinstance(f, bool) or not isinstance(f, numbers.Real) or not 0 < f <= 1:
             raise ValueError(
@@ -116,7 +118,8 @@ class Params(Budget):
     counts: ClassVar[str] = "parameters"
 
 
-#: Every kind of budget by the name the command gives it (``--budget``): the subclasses of :class:`Budget`.
+#: Every kind of budget by the name the command gives it (``--budget``): the subclasses of :class:`Budget` above (a
+#: new kind is one more of them, here).
 BUDGETS: dict[str, type[Budget]] = {kind.__name__.lower(): kind for kind in Budget.__subclasses__()}
 
 
