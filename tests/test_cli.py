@@ -409,24 +409,30 @@ def test_run_with_the_width_policy_and_recalibrated_rewards(tmp_path):
 
 
 def test_search_with_a_reward_pool_finalists_and_more_than_the_validation_split_holds(tmp_path):
+    # The digits' validation split holds 144 images: 3 full batches of 48.
+    small = [*QUICK, "--batch-size", "48", "--reward-batches", "1"]
     out = tmp_path / "run"
-    code, _, stderr = run_main(["search", *QUICK, "--reward-batches", "1", "--reward-pool", "2", "--out", str(out)])
+    code, _, stderr = run_main(["search", *small, "--reward-pool", "2", "--finalists", "3", "--out", str(out)])
     assert code == 0, stderr
-    assert json.loads((out / "search.json").read_text())["reward_pool"] == 2
-    code, _, stderr = run_main(["search", *QUICK, "--reward-batches", "1", "--finalists", "3", "--out",
-                                str(tmp_path / "f")])  # fmt: skip
-    assert code == 0, stderr
-    search = json.loads((tmp_path / "f" / "search.json").read_text())
-    assert search["finalists"] == 3 and search["evaluations"] == 16  # re-scoring counts in the budget
-    finalists = torch.load(tmp_path / "f" / "search.pt", weights_only=False)["finalists"]
-    assert len(finalists) == 3  # the search kept its 3 best masks to re-score
-    # The digits' validation split holds 2 batches of 128: found before any training, not at the first reward.
-    assert_user_error(run_main(["search", *QUICK, "--reward-batches", "1", "--reward-pool", "3", "--out",
-                                str(tmp_path / "b")]), 1, "reward_pool=3 sets of 1 validation batches need 3 batches",
-                      "(2 batches)", "lower --reward-pool")  # fmt: skip
+    search = json.loads((out / "search.json").read_text())
+    assert (search["reward_pool"], search["finalists"], search["evaluations"]) == (2, 3, 16)  # re-scoring in budget
+    assert len(torch.load(out / "search.pt", weights_only=False)["finalists"]) == 3
+    # Found before any training, not at the first reward.
+    assert_user_error(run_main(["search", *small, "--reward-pool", "3", "--finalists", "1", "--out",
+                                str(tmp_path / "b")]), 1, "reward_pool=3 sets of 1 validation batches and one more "
+                      "set for finalists=1 need 4 full batches of 48", "(3 full batches)")  # fmt: skip
     assert not (tmp_path / "b" / "snapshots").exists()
-    assert_user_error(run_main(["search", *QUICK, "--reward-batches", "1", "--reward-pool", "2", "--finalists", "1",
-                                "--out", str(tmp_path / "c")]), 1, "one more set for finalists=1")  # fmt: skip
+    assert_user_error(run_main(["search", *small, "--reward-pool", "2", "--out", str(tmp_path / "c")]), 2,
+                      "re-score the best masks on fresh batches with finalists")  # fmt: skip
+
+
+def test_finalists_are_rescored_on_the_validation_batches_after_the_pool():
+    config = pipeline.PipelineConfig(width=0.25, batch_size=48, reward_batches=1, reward_pool=2, finalists=1)
+    ws = pipeline.Workspace(config)
+    val = list(ws.val_loader())
+    fresh = ws.fresh_val_batches()
+    assert len(val) == 3 and len(fresh) == 1
+    assert all(torch.equal(a, b) for a, b in zip(fresh[0], val[2]))  # the third batch: after 2 sets of 1
 
 
 def test_run_with_a_parameter_budget_keeps_at_most_its_share(tmp_path):

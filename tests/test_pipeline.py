@@ -40,9 +40,9 @@ def test_default_config_is_valid_and_round_trips():
         ({"reward_pool": 0}, "reward_pool must be a positive int"),
         ({"finalists": 300}, "finalists must be an int >= 0 and below episodes"),
         ({"budget": "flops"}, "unknown budget 'flops'; choose one of filters, macs, params"),
-        ({"budget": "macs", "method": "sa"}, "a macs budget needs a search over layer widths"),
+        ({"budget": "macs", "method": "sa"}, "sa keeps a filter count: a macs budget needs a criterion or a search"),
         ({"budget": "params", "policy": "filters"}, "rl with policy filters keeps a filter count"),
-        ({"budget": "macs", "method": "synflow"}, "prunes as it scores"),
+        ({"budget": "macs", "method": "synflow"}, "synflow keeps a filter count"),
         ({"rewind_epoch": 5, "epochs": 3}, "beyond the 3 training epochs"),
         ({"rewind_to": "epoch2"}, "'init' or 'k'"),
         ({"data": "cifar10"}, "needs --data-root"),
@@ -152,3 +152,5 @@ def test_compare_rejects_unknown_methods_before_training():
         pipeline.compare(PipelineConfig(), ["l1", "obd"], [0.5])
     with pytest.raises(ValueError, match="strictly between"):
         pipeline.compare(PipelineConfig(), ["l1"], [0.5, 1.5])
+    with pytest.raises(ValueError, match="sa keeps a filter count"):  # sa, not rl
+        pipeline.compare(PipelineConfig(budget="macs"), ["rl", "sa"], [0.5])

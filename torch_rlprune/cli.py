@@ -561,8 +561,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     methods = args.methods or ["rl", "sa", "l1", "random_mask"]
     amounts = args.amounts or [0.5, 0.7]
     seeds = args.seeds or [0]
-    for amount in amounts:
-        _validated(dataclasses.replace(config, amount=amount))
+    for method in methods:  # every pairing, before any training (a budget some methods refuse, finalists, ...)
+        for amount in amounts:
+            _validated(dataclasses.replace(config, method=method, amount=amount))
     out = Path(args.out) if args.out else _default_out("compare")
     _new_run_folder(out, args.overwrite, ("compare.csv", "compare.json", "compare.md", "compare.png"))
     workspace = pl.Workspace(dataclasses.replace(config, seed=seeds[0]))

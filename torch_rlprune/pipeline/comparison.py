@@ -12,7 +12,7 @@ from typing import Any
 
 from ..lottery import LotteryTicket
 from ..slicing import slim
-from .config import METHODS, Log, PathLike, PipelineConfig, _silent, snapshot_name
+from .config import Log, PathLike, PipelineConfig, _silent, snapshot_name
 from .measuring import measure
 from .report import _count, _model_label, _plural
 from .steps import _train, _write_json, prune_model
@@ -46,11 +46,9 @@ def compare(
     """
     if not methods or not amounts or not seeds:
         raise ValueError("compare needs at least one method, one amount and one seed.")
-    for method in methods:
-        if method not in METHODS:
-            raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}.")
-    for amount in amounts:
-        dataclasses.replace(config, amount=amount).validate()
+    for method in methods:  # every pairing, before any training
+        for amount in amounts:
+            dataclasses.replace(config, method=method, amount=amount).validate()
     rows: list[dict[str, Any]] = []
     for seed in seeds:
         ws = (workspace if workspace is not None and workspace.config == dataclasses.replace(config, seed=seed)
@@ -123,8 +121,7 @@ def comparison_markdown(rows: Sequence[dict[str, Any]], config: PipelineConfig |
             (f"{_model_label(config.to_dict())} on {config.data}; mask searched at epoch {config.rewind_epoch}, kept "
              f"filters rewound to {'init' if config.rewind_to == 'init' else 'epoch ' + str(config.rewind_epoch)}; "
              f"every network trained {_plural(config.epochs, 'epoch')} with one schedule. Search methods: "
-             f"{_plural(config.episodes, 'episode')}, reward {config.reward} on "
-             f"{_plural(config.reward_batches, 'validation batch', 'validation batches')}. Accuracy on the test "
+             f"{config.search_summary}. Accuracy on the test "
              "split. Amount counts " + ("filters (output channels of convolutions)." if config.budget == "filters"
                                          else f"{config.amount_counts} (a budget: the share pruned).")),
             "",

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import inspect
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -17,7 +16,7 @@ import torch
 from torch import nn
 
 from ..criteria import CRITERIA
-from ..methods import SEARCH_METHODS, RLStructuredPruning
+from ..methods import SEARCH_METHODS, RLStructuredPruning, takes_budget
 from ..selection import BUDGETS, Budget
 from ..search.rewards import REWARDS as REWARD_TYPES
 
@@ -67,23 +66,12 @@ class PipelineConfig:
         method (str): one of :data:`METHODS`. Default: ``"rl"``.
         amount (float): fraction of the filters to prune, in (0, 1) (of the ``budget``'s cost where it is not
             ``"filters"``). Default: 0.7.
-        budget (str): what ``amount`` is a share of: ``"filters"``, or a cost of the sliced network, ``"macs"``
-            (per example) or ``"params"`` (:data:`torch_rlprune.selection.BUDGETS`): ``amount=0.7`` then prunes
-            until at most 30% of it is left. Rankings and the searches over layer widths (``method="rl"`` with
-            ``policy="widths"``, ``"random_width"``) take such a budget. Default: ``"filters"``.
         min_keep (int or float): filters every layer keeps at least, as a count (int) or as a fraction of the
             layer's filters (float, rounded up). Default: 0.05, a floor that keeps a search at high sparsity from
             starving the early layers (see :doc:`search`).
         episodes (int): masks a search method evaluates. Default: 300.
         reward (str): one of :data:`REWARDS`. Default: ``"accuracy"``.
         reward_batches (int): validation batches each reward reads. Default: 2.
-        reward_pool (int): sets of ``reward_batches`` validation batches that the rewards take in turn, one set per
-            reward, so that a long search does not learn a few images (see :class:`torch_rlprune.rewards.Accuracy`);
-            the validation split must hold ``reward_pool * reward_batches`` batches. Default: 1.
-        finalists (int): the search keeps its ``finalists`` best distinct masks and spends that many of its
-            ``episodes`` re-scoring them on the ``reward_batches`` validation batches after those its rewards read,
-            returning the best there (see :class:`torch_rlprune.RLStructuredPruning`); 0 returns the mask of
-            highest reward. Default: 0.
         recalibrate (int): training batches that re-estimate every candidate's batch-norm statistics before its
             reward (:class:`torch_rlprune.rewards.Recalibrated`); 0 evaluates with each validation batch's own
             statistics. Default: 0.
@@ -102,6 +90,17 @@ class PipelineConfig:
         latency_threads (int): CPU threads of the latency measurement; one thread gives numbers that other jobs
             on the machine disturb least. Default: 1.
         latency_time (float): seconds each latency measurement runs at least. Default: 0.5.
+        budget (str): what ``amount`` is a share of: ``"filters"``, or a cost of the sliced network, ``"macs"``
+            (per example) or ``"params"`` (:data:`torch_rlprune.selection.BUDGETS`): ``amount=0.7`` then prunes
+            until at most 30% of it is left. Rankings and the searches over layer widths (``method="rl"`` with
+            ``policy="widths"``, ``"random_width"``) take such a budget. Default: ``"filters"``.
+        reward_pool (int): sets of ``reward_batches`` full validation batches that the search's steps score on in
+            turn, so that a long search does not learn a few images (see :class:`torch_rlprune.rewards.Accuracy`).
+            Above 1 it needs ``finalists``: the best rewards then come from different sets. Default: 1.
+        finalists (int): the search keeps its ``finalists`` best distinct masks and spends that many of its
+            ``episodes`` re-scoring them on the ``reward_batches`` validation batches after those its rewards read,
+            returning the best there (see :class:`torch_rlprune.RLStructuredPruning`); 0 returns the mask of
+            highest reward. Default: 0.
     """
 
     model: str = "basiccnn"
@@ -115,13 +114,10 @@ class PipelineConfig:
     augment: bool | None = None
     method: str = "rl"
     amount: float = 0.7
-    budget: str = "filters"
     min_keep: float | int = 0.05
     episodes: int = 300
     reward: str = "accuracy"
     reward_batches: int = 2
-    reward_pool: int = 1
-    finalists: int = 0
     recalibrate: int = 0
     policy: str = "widths"
     rewind_epoch: int = 2
@@ -134,6 +130,9 @@ class PipelineConfig:
     latency_batch: int = 8
     latency_threads: int = 1
     latency_time: float = 0.5
+    budget: str = "filters"
+    reward_pool: int = 1
+    finalists: int = 0
 
     def validate(self) -> PipelineConfig:
         """Check every setting; raise a ``ValueError`` naming the first bad one and its fix. Returns ``self``."""
@@ -164,6 +163,11 @@ class PipelineConfig:
         finalists = self.finalists
         if isinstance(finalists, bool) or not isinstance(finalists, int) or not 0 <= finalists < self.episodes:
             raise ValueError(f"finalists must be an int >= 0 and below episodes ({self.episodes}), got {finalists!r}.")
+        if self.reward_pool > 1 and not finalists:
+            raise ValueError(
+                f"reward_pool={self.reward_pool} scores the search's steps on different validation sets, so its best "
+                "rewards are not comparable: re-score the best masks on fresh batches with finalists (e.g. 4)."
+            )
         mk = self.min_keep
         if isinstance(mk, bool) or not isinstance(mk, (int, float)) or mk < 0 or (isinstance(mk, float) and mk > 1):
             raise ValueError(f"min_keep must be a count >= 0 (int) or a fraction in [0, 1] (float), got {mk!r}.")
@@ -217,23 +221,27 @@ class PipelineConfig:
     def _check_budget(self) -> None:
         if self.budget not in BUDGETS:
             raise ValueError(f"unknown budget {self.budget!r}; choose one of filters, {', '.join(BUDGETS)}.")
-        if self.searches:
-            kind = SEARCH_METHODS[self.method]
-            widths = kind.widths_only or (kind is RLStructuredPruning and self.policy == "widths")
-            if not widths:
-                raise ValueError(
-                    f"a {self.budget} budget needs a search over layer widths (method rl with policy widths, or "
-                    f"random_width), or a criterion; {self.method}"
-                    + (f" with policy {self.policy}" if kind is RLStructuredPruning else "") + " keeps a filter count."
-                )
-        elif "amount" in inspect.signature(CRITERIA[CRITERION_METHODS[self.method]]).parameters:
-            raise ValueError(f"{self.method} prunes as it scores and needs a filter amount; use --budget filters.")
+        method = SEARCH_METHODS.get(self.method) or CRITERION_METHODS[self.method]
+        if not takes_budget(method, policy=self.policy):
+            policy = f" with policy {self.policy}" if method is RLStructuredPruning else ""
+            raise ValueError(
+                f"{self.method}{policy} keeps a filter count: a {self.budget} budget needs a criterion or a search "
+                "over layer widths (method rl with policy widths, or random_width); or use --budget filters."
+            )
 
     def amount_for(self, amount: float | None = None) -> float | Budget:
         """What ``global_structured`` gets as its ``amount`` for ``amount`` (default: :attr:`amount`): the fraction
         itself, or for a cost ``budget`` the :class:`~torch_rlprune.selection.Budget` that keeps the rest."""
         amount = self.amount if amount is None else amount
         return amount if self.budget == "filters" else BUDGETS[self.budget](1 - amount)
+
+    @property
+    def search_summary(self) -> str:
+        """The search's budget and reward, in words, for logs and reports."""
+        sets = f"{self.reward_pool} sets of " if self.reward_pool > 1 else ""
+        batches = "validation batch" if self.reward_batches == 1 else "validation batches"
+        finalists = f", {self.finalists} finalists re-scored on fresh batches" if self.finalists else ""
+        return f"{self.episodes} episodes, reward {self.reward} on {sets}{self.reward_batches} {batches}{finalists}"
 
     @property
     def amount_counts(self) -> str:

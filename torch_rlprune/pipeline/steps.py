@@ -5,11 +5,10 @@ from __future__ import annotations
 import csv
 import dataclasses
 import inspect
-import itertools
 import json
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,10 +75,7 @@ def _reward(ws: Workspace, final: bool = False) -> Callable[[nn.Module], float]:
     # Calibration batches come without augmentation: they stand for the data the network will see.
     calibration = batches(ws.splits.train, c.batch_size, shuffle=True, generator=torch.Generator().manual_seed(c.seed),
                           device=ws.device) if c.recalibrate else None  # fmt: skip
-    loader: Iterable[Any] = ws.val_loader()
-    if final:
-        skip = c.reward_pool * c.reward_batches
-        loader = list(itertools.islice(loader, skip, skip + c.reward_batches))
+    loader = ws.fresh_val_batches() if final else ws.val_loader()
     return make_reward(c.reward, loader, c.reward_batches, example_inputs=ws.example_inputs, recalibrate=calibration,
                        recalibrate_batches=c.recalibrate or 1, pool=1 if final else c.reward_pool)  # fmt: skip
 
@@ -254,7 +250,7 @@ def search_step(
                 ticket.rewind(model, at_k)
         resume = False
     log(f"pruning {c.amount:.0%} of the {c.amount_counts} with {c.method}"
-        + (f" ({c.episodes} episodes, reward {c.reward} on {c.reward_batches} validation batches)" if c.searches else ""))  # fmt: skip
+        + (f" ({c.search_summary})" if c.searches else ""))
     init_state = Snapshot.load(snapshots / "init.pt").state
     summary = prune_model(ws, model, init_state, checkpoint=checkpoint if c.searches else None,
                           resume=checkpoint if resume and checkpoint.is_file() else None, writer=writer,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -38,15 +39,15 @@ class Workspace:
     def _check_reward_data(self) -> None:
         # Found here rather than at the first reward, which comes after the dense training.
         c = self.config
-        available = -(-len(self.splits.val) // c.batch_size)
+        full = len(self.splits.val) // c.batch_size
         sets = c.reward_pool + (c.finalists > 0)  # the finalists are re-scored on the set after the pool
-        if c.searches and sets > 1 and sets * c.reward_batches > available:
+        if c.searches and sets > 1 and sets * c.reward_batches > full:
             uses = f"reward_pool={c.reward_pool} sets of {c.reward_batches} validation batches" + (
                 f" and one more set for finalists={c.finalists}" if c.finalists else "")
             raise ValueError(
-                f"{uses} need {sets * c.reward_batches} batches of {c.batch_size}, but the validation split of "
-                f"{c.data} has {len(self.splits.val)} images ({available} batches); lower --reward-pool, "
-                "--finalists or --reward-batches, or raise --val-fraction."
+                f"{uses} need {sets * c.reward_batches} full batches of {c.batch_size}, but the validation split of "
+                f"{c.data} has {len(self.splits.val)} images ({full} full batches); lower --reward-pool, "
+                "--finalists, --reward-batches or --batch-size, or raise --val-fraction."
             )
 
     def _check_model_runs(self) -> None:
@@ -95,6 +96,13 @@ class Workspace:
     def val_loader(self) -> Iterable[Any]:
         """Validation batches, in order: what search rewards read."""
         return batches(self.splits.val, self.config.batch_size, device=self.device)
+
+    def fresh_val_batches(self) -> list[Any]:
+        """The ``reward_batches`` validation batches after those the search's rewards read (its pool): what its
+        finalists are re-scored on."""
+        c = self.config
+        skip = c.reward_pool * c.reward_batches
+        return list(itertools.islice(self.val_loader(), skip, skip + c.reward_batches))
 
     def test_loader(self) -> Iterable[Any]:
         """Test batches, in order: read for the final report only."""
