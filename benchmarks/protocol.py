@@ -155,7 +155,11 @@ def search_inputs(args: argparse.Namespace, data: Splits) -> tuple[tuple[Any, ..
     if args.reward_pool < 1:
         raise SystemExit(f"--reward-pool must be at least 1, got {args.reward_pool}")
     search, norms = make_reward(args.reward, args, data, pool=args.reward_pool)
-    final = make_reward(args.final_reward or args.reward, args, data, offset=args.reward_pool * args.val_batches)[0]
+    final, final_norms = make_reward(args.final_reward or args.reward, args, data,
+                                     offset=args.reward_pool * args.val_batches)  # fmt: skip
+    if final_norms != norms:  # the search's evaluator computes both
+        raise SystemExit(f"--final-reward {args.final_reward} evaluates with norms={final_norms!r}, --reward "
+                         f"{args.reward} with {norms!r}; choose two of the same norms")  # fmt: skip
     pairs = list(validation_loader(args, data))
     return (search, norms, final), (torch.cat([x for x, _ in pairs]), torch.cat([y for _, y in pairs]))
 

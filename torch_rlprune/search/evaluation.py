@@ -215,7 +215,11 @@ class CandidateModel(nn.Module):
 
     def stats(self) -> ModelStats:
         """Parameters, MACs per example and filters of the sliced network, dense and kept (as
-        :func:`torch_rlprune.metrics.model_stats`)."""
+        :func:`torch_rlprune.metrics.model_stats` counts them).
+
+        Returns:
+            ModelStats: the counts; ``params_kept`` and ``macs_kept`` are what a budget limits.
+        """
         return self._evaluator.stats(self._vectors)
 
 
@@ -383,7 +387,14 @@ class CandidateEvaluator:
         return CandidateModel(self, keep, keep_vectors(self.groups, keep), padded=self.padded)
 
     def stats(self, vectors: KeepVectors) -> ModelStats:
-        """Parameters, MACs and filters of the network that keeps ``vectors`` (dense and kept)."""
+        """Parameters, MACs and filters of the network that keeps ``vectors``.
+
+        Args:
+            vectors (KeepVectors): from :func:`torch_rlprune.masks.keep_vectors`.
+
+        Returns:
+            ModelStats: the counts, dense and kept.
+        """
         return self._counter(vectors)
 
     def macs(self, vectors: KeepVectors) -> int:
