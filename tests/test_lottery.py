@@ -109,7 +109,7 @@ def test_snapshots_of_dense_and_pruned_models_share_names_and_shapes(trained_pru
 @pytest.mark.parametrize("inplace", [False, True])
 def test_rewinding_a_sliced_model_equals_slicing_the_rewound_masked_model(trained_pruned, inplace):
     model, ticket, x, y = trained_pruned
-    sliced = rlp.slim(rlp.slicing._copy(model), x[:1], inplace=inplace)
+    sliced = rlp.slim(rlp.slicing.copy_pruned(model), x[:1], inplace=inplace)
     train_steps(sliced, x, y)  # the sliced model trains on: its values now differ from both snapshots
 
     ticket.rewind(sliced, "init")
@@ -199,7 +199,7 @@ def test_reinitialize_changes_every_weight_but_no_shape_and_keeps_the_masks(trai
         assert torch.equal(conv.weight, conv.weight_orig * conv.weight_mask)
 
     # Same seed, same weights; and rewinding to a random snapshot of that seed is the same control.
-    other = rlp.slicing._copy(model)
+    other = rlp.slicing.copy_pruned(model)
     reinitialize(other, seed=3)
     assert all(torch.equal(v, after[k]) for k, v in dense_state(other).items())
     rewind(other, LotteryTicket.random_like(model, seed=5))

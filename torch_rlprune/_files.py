@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable
@@ -41,3 +42,8 @@ def read_checked(path: PathLike, what: str, caller: str, map_location: Any = Non
 def atomic_save(obj: Any, path: PathLike) -> None:
     """``torch.save`` through :func:`atomic_write`."""
     atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def write_json(path: PathLike, data: Any) -> None:
+    """``data`` as indented JSON (anything else as its ``str``), written through :func:`atomic_write`."""
+    atomic_write(path, lambda f: f.write((json.dumps(data, indent=2, default=str) + "\n").encode()))

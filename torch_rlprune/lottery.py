@@ -31,7 +31,7 @@ from torch.nn.utils import prune
 from . import metrics
 from ._files import atomic_save, read_checked
 from ._inputs import ExampleInputs
-from .slicing import KEPT_ATTR, _copy, cut_along_channels
+from .slicing import KEPT_ATTR, copy_pruned, cut_along_channels
 
 __all__ = ["Snapshot", "LotteryTicket", "rewind", "reinitialize", "iterative_pruning", "RoundRecord"]
 
@@ -556,7 +556,7 @@ class LotteryTicket:
             Snapshot: the random snapshot.
         """
         _check_model(model, "LotteryTicket.random_like")
-        return Snapshot.capture(reinitialize(_copy(model), seed), name)
+        return Snapshot.capture(reinitialize(copy_pruned(model), seed), name)
 
     def random_snapshot(self, seed: int | None = None, name: str = "random") -> Snapshot:
         r"""Take a random snapshot of the ticket's model (see :meth:`random_like`) and keep it under ``name``.

@@ -24,7 +24,7 @@ from .groups import ChannelGroup, ChannelGroups, Member, Role, channel_groups
 from .layers import layer_of
 from .masks import KeepVectors, keep_vectors, masked_tensors
 
-__all__ = ["slim", "check_consistent", "sliced_tensors"]
+__all__ = ["slim", "check_consistent", "sliced_tensors", "copy_pruned"]
 
 
 def _rows_alive(
@@ -164,14 +164,29 @@ def sliced_tensors(module: nn.Module, vectors: KeepVectors) -> Iterator[tuple[st
             yield name, sliced
 
 
-def _copy(model: nn.Module, *, for_removal: bool = False) -> nn.Module:
+def copy_pruned(model: nn.Module, *, for_removal: bool = False) -> nn.Module:
     """``copy.deepcopy`` that also works on pruned models.
 
     A pruning hook leaves ``<name>`` as a tensor computed from ``<name>_orig``, which deepcopy refuses while it
     is attached to autograd; it is recomputed at every forward, so the copy may hold a detached one. With
     ``for_removal=True`` the copy shares ``<name>_orig``, ``<name>_mask``, the computed tensor and the pruning
     hooks (with the masks they hold) with ``model`` instead of copying them, for a caller that replaces them at once
-    with :func:`_unmask` (which writes to none).
+    (as :func:`slim` does, writing to none of them).
+
+    Args:
+        model (torch.nn.Module): the model, pruned or not.
+        for_removal (bool): share the pruned tensors and hooks instead of copying them. Default: ``False``.
+
+    Returns:
+        torch.nn.Module: the copy.
+
+    Example:
+        >>> import torch
+        >>> import torch.nn.utils.prune as prune
+        >>> conv = prune.ln_structured(torch.nn.Conv2d(3, 4, 3), "weight", amount=0.5, n=1, dim=0)
+        >>> twin = copy_pruned(conv)
+        >>> torch.equal(twin.weight_mask, conv.weight_mask), twin.weight_mask is conv.weight_mask
+        (True, False)
     """
     computed = [(m, name, getattr(m, name)) for m, name in pruning_hooks(model)]
     try:
@@ -267,7 +282,7 @@ def _unmask(model: nn.Module) -> None:
     """``prune.remove`` for every pruned tensor of ``model``, into new tensors.
 
     ``prune.remove`` writes the masked values into the ``<name>_orig`` parameter object; here that object may be
-    shared with the masked model (see :func:`_copy`), so the result is a new parameter instead.
+    shared with the masked model (see :func:`copy_pruned`), so the result is a new parameter instead.
     """
     for module in model.modules():
         for key, hook in list(module._forward_pre_hooks.items()):
@@ -492,7 +507,7 @@ def slim(
         raise TypeError(f"slim: model must be a torch.nn.Module, got {type(model).__name__}.")
     inputs = as_input_tuple(example_inputs, "slim", model)
     if not prune.is_pruned(model):
-        return model if inplace else _copy(model)
+        return model if inplace else copy_pruned(model)
     if groups is None:
         groups = channel_groups(model, inputs)
     keeps = check_consistent(groups)
@@ -501,7 +516,7 @@ def slim(
     consumers = {member.module for _, member, _ in readers}
     masked_output, seen = _run_masked(model, inputs, consumers) if verify or consumers else (None, {})
 
-    result = _copy(model, for_removal=True)
+    result = copy_pruned(model, for_removal=True)
     target = dict(result.named_modules())
     _unmask(result)
     _fold_constants(seen, readers, target)

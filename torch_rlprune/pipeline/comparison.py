@@ -10,12 +10,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .._files import write_json
 from ..lottery import LotteryTicket
 from ..slicing import slim
-from .config import Log, PathLike, PipelineConfig, _silent, snapshot_name
+from .config import Log, PathLike, PipelineConfig, silent, snapshot_name
 from .measuring import measure
-from .report import _count, _model_label, _plural
-from .steps import _train, _write_json, prune_model
+from .wording import human_count, model_label, plural
+from .steps import prune_model
 from .workspace import Workspace
 
 
@@ -27,7 +28,7 @@ def compare(
     out: PathLike | None = None,
     *,
     progress: bool = False,
-    log: Log = _silent,
+    log: Log = silent,
     workspace: Workspace | None = None,
 ) -> list[dict[str, Any]]:
     r"""Every method at every amount (for every seed) through one pipeline and one training schedule.
@@ -59,7 +60,7 @@ def compare(
         ticket = LotteryTicket(model, epochs=(k,) if k else ())
         log(f"seed {seed}: training the dense {c.model} for {c.epochs} epochs")
         started = time.perf_counter()
-        _train(ws, model, c.epochs, lambda r, t=ticket: t.step(r["epoch"]) and None, progress, None, "dense")
+        ws.train(model, c.epochs, lambda r, t=ticket: t.step(r["epoch"]) and None, progress, None, "dense")
         dense = measure(model, ws)
         rows.append({"method": "dense", "amount": 0.0, "seed": seed, **dataclasses.asdict(dense), "sparsity": 0.0,
                      "search_seconds": 0.0, "evaluations": 0, "best_reward": None,
@@ -73,14 +74,14 @@ def compare(
                 ticket.rewind(pruned, c.rewind_name)
                 small = slim(pruned, ws.example_inputs)
                 started = time.perf_counter()
-                _train(ws, small, c.epochs, None, progress, None, "pruned")
+                ws.train(small, c.epochs, None, progress, None, "pruned")
                 metrics = measure(small, ws)
                 rows.append({"method": method, "amount": amount, "seed": seed, **dataclasses.asdict(metrics),
                              "sparsity": 1 - metrics.filters / dense.filters, "search_seconds": search["seconds"],
                              "evaluations": search["evaluations"], "best_reward": search["best_reward"],
                              "train_seconds": time.perf_counter() - started})  # fmt: skip
-                log(f"  {method} at {amount:.0%}: test accuracy {metrics.accuracy:.2%}, MACs {_count(metrics.macs)}, "
-                    f"search {search['seconds']:.1f} s")  # fmt: skip
+                log(f"  {method} at {amount:.0%}: test accuracy {metrics.accuracy:.2%}, "
+                    f"MACs {human_count(metrics.macs)}, search {search['seconds']:.1f} s")  # fmt: skip
     if out is not None:
         write_comparison(rows, out, config, log=log)
     return rows
@@ -118,9 +119,9 @@ def comparison_markdown(rows: Sequence[dict[str, Any]], config: PipelineConfig |
     lines = ["# torch-rlprune comparison", ""]
     if config is not None:
         lines += [
-            (f"{_model_label(config.to_dict())} on {config.data}; mask searched at epoch {config.rewind_epoch}, kept "
+            (f"{model_label(config.to_dict())} on {config.data}; mask searched at epoch {config.rewind_epoch}, kept "
              f"filters rewound to {'init' if config.rewind_to == 'init' else 'epoch ' + str(config.rewind_epoch)}; "
-             f"every network trained {_plural(config.epochs, 'epoch')} with one schedule. Search methods: "
+             f"every network trained {plural(config.epochs, 'epoch')} with one schedule. Search methods: "
              f"{config.search_summary}. Accuracy on the test "
              "split. Amount counts " + ("filters (output channels of convolutions)." if config.budget == "filters"
                                          else f"{config.amount_counts} (a budget: the share pruned).")),
@@ -172,7 +173,7 @@ def comparison_plot(rows: Sequence[dict[str, Any]], path: PathLike, counts: str 
 
 
 def write_comparison(rows: Sequence[dict[str, Any]], out: PathLike, config: PipelineConfig | None = None,
-                     log: Log = _silent) -> list[Path]:  # fmt: skip
+                     log: Log = silent) -> list[Path]:  # fmt: skip
     """Write ``compare.csv``, ``compare.json``, ``compare.md`` and ``compare.png`` (with matplotlib) into ``out``.
 
     Returns:
@@ -184,7 +185,7 @@ def write_comparison(rows: Sequence[dict[str, Any]], out: PathLike, config: Pipe
         writer = csv.DictWriter(f, fieldnames=_CSV_FIELDS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    _write_json(out / "compare.json", {"config": config.to_dict() if config else None, "rows": list(rows)})
+    write_json(out / "compare.json", {"config": config.to_dict() if config else None, "rows": list(rows)})
     (out / "compare.md").write_text(comparison_markdown(rows, config))
     written = [out / "compare.csv", out / "compare.json", out / "compare.md"]
     if comparison_plot(rows, out / "compare.png", config.amount_counts if config else "filters"):

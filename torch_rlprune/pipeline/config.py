@@ -37,8 +37,15 @@ REWARDS = tuple(REWARD_TYPES)
 POLICIES = tuple(RLStructuredPruning.policy_options)
 
 
-def _silent(message: str) -> None:
-    pass
+def silent(message: str) -> None:
+    """A :data:`Log` that drops every message: the default of the steps that log.
+
+    Args:
+        message (str): ignored.
+
+    Example:
+        >>> silent("trained")
+    """
 
 
 @dataclass

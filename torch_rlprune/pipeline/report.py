@@ -8,26 +8,7 @@ from typing import Any
 
 from .config import PipelineConfig
 from .measuring import Metrics
-
-
-def _plural(n: int, word: str, words: str | None = None) -> str:
-    return f"{n} {word if n == 1 else words or word + 's'}"
-
-
-def _model_label(config: dict[str, Any]) -> str:
-    width = config.get("width", 1.0)
-    return config["model"] + (f" (width {width})" if config["model"] == "basiccnn" and width != 1.0 else "")
-
-
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f}%"
-
-
-def _count(n: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f}{unit}"
-    return f"{n:,.0f}"
+from .wording import model_label, percent, plural
 
 
 @dataclass
@@ -76,11 +57,11 @@ class Report:
         batch = self.config.get("latency_batch", "?")
         threads = self.config.get("latency_threads", 1)
         return [
-            ("test accuracy", _pct(d.accuracy), _pct(p.accuracy), f"{100 * (p.accuracy - d.accuracy):+.1f} points"),
-            ("parameters", f"{d.params:,}", f"{p.params:,}", _pct(p.params / d.params)),
-            ("MACs per example", f"{d.macs:,}", f"{p.macs:,}", _pct(p.macs / d.macs)),
+            ("test accuracy", percent(d.accuracy), percent(p.accuracy), f"{100 * (p.accuracy - d.accuracy):+.1f} points"),
+            ("parameters", f"{d.params:,}", f"{p.params:,}", percent(p.params / d.params)),
+            ("MACs per example", f"{d.macs:,}", f"{p.macs:,}", percent(p.macs / d.macs)),
             (f"CPU latency (batch {batch}, {threads} thread{'s' if threads != 1 else ''})", f"{d.latency_ms:.2f} ms", f"{p.latency_ms:.2f} ms", f"{speedup:.2f}x faster"),
-            ("conv filters", f"{d.filters:,}", f"{p.filters:,}", f"{_pct(self.sparsity)} pruned"),
+            ("conv filters", f"{d.filters:,}", f"{p.filters:,}", f"{percent(self.sparsity)} pruned"),
         ]
 
     def _search_line(self) -> str:
@@ -94,15 +75,15 @@ class Report:
 
     def _headline(self) -> str:
         c = self.config
-        model = _model_label(c)
+        model = model_label(c)
         head = f"{model} on {c['data']}, {c['method']} at amount {c['amount']} of the "
         head += f"{PipelineConfig.from_dict(c).amount_counts}; "
         if c.get("weights"):
             return head + (f"mask searched at the weights in {c['weights']}, pruned network fine-tuned "
-                           f"{_plural(c['epochs'], 'epoch')}")  # fmt: skip
+                           f"{plural(c['epochs'], 'epoch')}")  # fmt: skip
         rewound = "init" if c["rewind_to"] == "init" else f"epoch {c['rewind_epoch']}"
         return head + (f"mask searched at epoch {c['rewind_epoch']}, kept filters rewound to {rewound}; dense and "
-                       f"pruned trained {_plural(c['epochs'], 'epoch')}")  # fmt: skip
+                       f"pruned trained {plural(c['epochs'], 'epoch')}")  # fmt: skip
 
     def summary(self) -> str:
         """A fixed-width table for the terminal."""
@@ -138,7 +119,7 @@ class Report:
             "",
             "| layer | kept | dense | kept % |",
             "| --- | ---: | ---: | ---: |",
-            *(f"| {n} | {k} | {t} | {_pct(k / t)} |" for n, (k, t) in self.filters_per_layer.items()),
+            *(f"| {n} | {k} | {t} | {percent(k / t)} |" for n, (k, t) in self.filters_per_layer.items()),
         ]
         if self.timings:
             lines += ["", "## Time", "", "| phase | seconds |", "| --- | ---: |"]

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .. import criteria
+from .._files import write_json
 from ..data import batches
 from ..groups import CONV_TYPES
 from ..lottery import LotteryTicket, Snapshot, rewind
@@ -24,8 +25,7 @@ from ..metrics import filters_per_layer
 from ..search.rewards import make_reward
 from ..serialization import load, save
 from ..slicing import slim
-from ..training import train
-from .config import CRITERION_METHODS, METHODS, SEARCH_METHODS, Log, PathLike, PipelineConfig, _silent, snapshot_name
+from .config import CRITERION_METHODS, METHODS, SEARCH_METHODS, Log, PathLike, PipelineConfig, silent, snapshot_name
 from .maskfile import load_mask, save_mask, unslice
 from .measuring import Metrics, measure
 from .report import Report
@@ -39,12 +39,6 @@ OUTPUTS = {
 }
 SEARCH_FIELDS = ("method", "reward", "reward_batches", "reward_pool", "recalibrate", "finalists", "seconds",
                  "evaluations", "best_reward", "interrupted")  # fmt: skip
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
 
 
 def _read_json(path: Path, step: str) -> Any:
@@ -156,19 +150,6 @@ def prune_model(
     }
 
 
-def _train(ws: Workspace, model: nn.Module, epochs: int, callback: Callable[[dict[str, Any]], Any] | None,
-           progress: bool, writer: Any, tag: str) -> list[dict[str, Any]]:  # fmt: skip
-    c = ws.config
-
-    def each(record: dict[str, Any]) -> Any:
-        if writer is not None:
-            for key in ("loss", "accuracy", "lr"):
-                writer.add_scalar(f"{tag}/{key}", record[key], record["epoch"])
-        return callback(record) if callback is not None else None
-
-    return train(model, ws.train_loader(), epochs, lr=c.lr, seed=c.seed, progress=progress, callback=each)
-
-
 def _history_csv(path: Path, history: Sequence[dict[str, Any]]) -> None:
     keys: list[str] = []
     for record in history:
@@ -196,7 +177,7 @@ def search_step(
     resume: bool = False,
     writer: Any = None,
     progress: bool = False,
-    log: Log = _silent,
+    log: Log = silent,
 ) -> dict[str, Any]:
     """Step 1: train to epoch ``k``, search the mask there, and write it to the run folder ``out``.
 
@@ -213,7 +194,7 @@ def search_step(
     c = ws.config
     out = Path(out)
     (out / "snapshots").mkdir(parents=True, exist_ok=True)
-    _write_json(out / "config.json", {"format": "torch-rlprune/run", "version": 1, "config": c.to_dict(),
+    write_json(out / "config.json", {"format": "torch-rlprune/run", "version": 1, "config": c.to_dict(),
                                       "data": ws.describe(), "torch": torch.__version__})  # fmt: skip
     k = c.rewind_epoch
     at_k = snapshot_name(k)
@@ -230,7 +211,7 @@ def search_step(
         epochs = 0 if c.weights is not None else c.epochs if dense else k
         if c.weights is not None:  # a trained network: it is its own dense control
             record = {**_dense_record(ws, model, [], 0.0), "epochs": 0, "weights": c.weights}
-            _write_json(out / "dense.json", record)
+            write_json(out / "dense.json", record)
             log(f"starting from the weights in {c.weights}: test accuracy {record['accuracy']:.2%}")
         if epochs:
             log(f"training the dense {c.model} for {epochs} epoch(s){f' (snapshot at epoch {k})' if k else ''}")
@@ -241,11 +222,11 @@ def search_step(
                     f"train accuracy {record['accuracy']:.2%}, {record['seconds']:.1f} s")  # fmt: skip
                 return not dense and record["epoch"] >= k
 
-            history = _train(ws, model, c.epochs, step, progress, writer, "dense")
+            history = ws.train(model, c.epochs, step, progress, writer, "dense")
             train_seconds = time.perf_counter() - started
             if dense:
                 record = _dense_record(ws, model, history, train_seconds)
-                _write_json(out / "dense.json", record)
+                write_json(out / "dense.json", record)
                 log(f"dense control: test accuracy {record['accuracy']:.2%}")
                 ticket.rewind(model, at_k)
         resume = False
@@ -261,7 +242,7 @@ def search_step(
     save_mask(model, out / "mask.pt", ws.example_inputs)
     summary["filters_per_layer"] = {n: list(v) for n, v in filters_per_layer(model, ws.example_inputs).items()}
     summary["dense_train_seconds"] = train_seconds
-    _write_json(out / "search.json", summary)
+    write_json(out / "search.json", summary)
     best = f", best reward {summary['best_reward']:.4g}" if summary["evaluations"] else ""
     log(f"mask found in {summary['seconds']:.1f} s{best}; "
         f"{sum(k for k, _ in summary['filters_per_layer'].values())} filters kept")  # fmt: skip
@@ -269,7 +250,7 @@ def search_step(
 
 
 def slim_step(
-    out: PathLike, *, rewind_to: str | None = None, workspace: Workspace | None = None, log: Log = _silent
+    out: PathLike, *, rewind_to: str | None = None, workspace: Workspace | None = None, log: Log = silent
 ) -> nn.Module:
     """Step 2: rewind the kept filters, slice the pruned ones out, and write ``ticket.pt``.
 
@@ -287,7 +268,7 @@ def slim_step(
     ws.config.rewind_to = config.rewind_to
     data = _read_json(out / "config.json", "search")
     data["config"] = ws.config.to_dict()
-    _write_json(out / "config.json", data)
+    write_json(out / "config.json", data)
     model = ws.build_model()
     if not (out / "mask.pt").is_file():
         raise FileNotFoundError(f"{out / 'mask.pt'} not found; run 'torch-rlprune search --out {out}' first.")
@@ -306,7 +287,7 @@ def train_step(
     workspace: Workspace | None = None,
     writer: Any = None,
     progress: bool = False,
-    log: Log = _silent,
+    log: Log = silent,
 ) -> Report:
     """Step 3: train the sliced network of ``ticket.pt``, measure it, and write ``model.pt`` and the report.
 
@@ -334,10 +315,10 @@ def train_step(
         model = ws.build_model()
         rewind(model, out / "snapshots" / "init.pt")
         started = time.perf_counter()
-        history = _train(ws, model, c.epochs, None, progress, writer, "dense")
+        history = ws.train(model, c.epochs, None, progress, writer, "dense")
         dense_record = _dense_record(ws, model, history, time.perf_counter() - started)
         timings["dense training"] = dense_record["train_seconds"]
-        _write_json(out / "dense.json", dense_record)
+        write_json(out / "dense.json", dense_record)
 
     small = load(out / "ticket.pt", ws.build_model(), ws.example_inputs, map_location=ws.device)
     log(f"training the pruned network for {c.epochs} epoch(s)")
@@ -347,7 +328,7 @@ def train_step(
         log(f"  pruned epoch {record['epoch']}/{c.epochs}: loss {record['loss']:.4f}, "
             f"train accuracy {record['accuracy']:.2%}, {record['seconds']:.1f} s")  # fmt: skip
 
-    history = _train(ws, small, c.epochs, each, progress, writer, "pruned")
+    history = ws.train(small, c.epochs, each, progress, writer, "pruned")
     timings["pruned training"] = time.perf_counter() - started
     pruned = measure(small, ws)
     log(f"pruned network: test accuracy {pruned.accuracy:.2%}")
@@ -359,7 +340,7 @@ def train_step(
     with torch.no_grad():
         if not torch.allclose(check(ws.example_inputs), small.eval()(ws.example_inputs), atol=1e-4, rtol=1e-4):
             raise RuntimeError(f"{out / 'model.pt'} does not reload as the trained network; please report this.")
-    _write_json(out / "train.json", {**dataclasses.asdict(pruned), "epochs": c.epochs, "history": history})
+    write_json(out / "train.json", {**dataclasses.asdict(pruned), "epochs": c.epochs, "history": history})
 
     report = Report(
         config=c.to_dict(),
@@ -370,7 +351,7 @@ def train_step(
         filters_per_layer=search["filters_per_layer"],
         timings=timings,
     )
-    _write_json(out / "report.json", report.to_dict())
+    write_json(out / "report.json", report.to_dict())
     (out / "report.md").write_text(report.markdown())
     log(f"wrote {out / 'model.pt'}, {out / 'report.json'} and {out / 'report.md'}")
     return report
@@ -382,7 +363,7 @@ def run_pipeline(
     *,
     writer: Any = None,
     progress: bool = False,
-    log: Log = _silent,
+    log: Log = silent,
     workspace: Workspace | None = None,
 ) -> Report:
     r"""Run the whole pipeline (see the package description) into the run folder ``out``.
@@ -409,6 +390,6 @@ def run_pipeline(
     slim_step(out, workspace=ws, log=log)
     report = train_step(out, workspace=ws, writer=writer, progress=progress, log=log)
     report.timings["total"] = time.perf_counter() - started
-    _write_json(Path(out) / "report.json", report.to_dict())
+    write_json(Path(out) / "report.json", report.to_dict())
     (Path(out) / "report.md").write_text(report.markdown())
     return report

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,7 @@ from torch import nn
 
 from .._files import read_checked
 from ..data import Splits, batches, load_data
+from ..training import train
 from .config import PipelineConfig, build_model
 
 
@@ -92,6 +93,46 @@ class Workspace:
         generator = torch.Generator().manual_seed(self.config.seed)
         return batches(self.splits.train, self.config.batch_size, shuffle=True, generator=generator,
                        augment=self.augment, device=self.device)  # fmt: skip
+
+    def train(
+        self,
+        model: nn.Module,
+        epochs: int,
+        callback: Callable[[dict[str, Any]], Any] | None = None,
+        progress: bool = False,
+        writer: Any = None,
+        tag: str = "train",
+    ) -> list[dict[str, Any]]:
+        """Train ``model`` with the run's schedule: :func:`torch_rlprune.training.train` at the config's ``lr`` and
+        ``seed``, on :meth:`train_loader`.
+
+        Args:
+            model (torch.nn.Module): the network, on the run's device.
+            epochs (int): epochs to train.
+            callback (callable, optional): called with every epoch's record.
+            progress (bool): show a progress bar. Default: ``False``.
+            writer (optional): a TensorBoard ``SummaryWriter``; it gets the loss, accuracy and learning rate of
+                every epoch under ``tag``.
+            tag (str): the writer's prefix. Default: ``"train"``.
+
+        Returns:
+            list of dict: the history, one record per epoch.
+
+        Example:
+            >>> from torch_rlprune.pipeline import PipelineConfig, Workspace
+            >>> ws = Workspace(PipelineConfig(width=0.25))
+            >>> [r["epoch"] for r in ws.train(ws.build_model(), 1)]
+            [1]
+        """
+        c = self.config
+
+        def each(record: dict[str, Any]) -> Any:
+            if writer is not None:
+                for key in ("loss", "accuracy", "lr"):
+                    writer.add_scalar(f"{tag}/{key}", record[key], record["epoch"])
+            return callback(record) if callback is not None else None
+
+        return train(model, self.train_loader(), epochs, lr=c.lr, seed=c.seed, progress=progress, callback=each)
 
     def val_loader(self) -> Iterable[Any]:
         """Validation batches, in order: what search rewards read."""
