@@ -111,7 +111,8 @@ def prune_model(
     ``init_state`` (a snapshot's state at init) is what ``"same_sign"`` compares the weights with.
 
     Returns the search summary: ``method``, ``reward``, ``seconds``, ``evaluations``, ``best_reward``,
-    ``interrupted`` and the ``history`` (a list of records, empty for a criterion).
+    ``interrupted``, the finalists' ``final_rewards`` on fresh batches (empty without finalists) and the
+    ``history`` (a list of records, empty for a criterion).
     """
     c = ws.config
     method = c.method if method is None else method
@@ -146,6 +147,7 @@ def prune_model(
         "evaluations": result.evaluations if result is not None else 0,
         "best_reward": result.best_reward if result is not None else None,
         "interrupted": bool(result.interrupted) if result is not None else False,
+        "final_rewards": result.final_rewards if result is not None else [],
         "history": result.history if result is not None else [],
     }
 
