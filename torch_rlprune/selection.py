@@ -103,14 +103,12 @@ class Params(Budget):
 
     Example:
         >>> import torch
-        >>> import torch.nn.utils.prune as prune
         >>> import torch_rlprune as rlp
-        >>> model = rlp.models.BasicCNN()
-        >>> x = torch.randn(1, 3, 32, 32)
-        >>> convs = [(m, "weight") for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
-        >>> rlp.global_structured(convs, prune.LnStructured, n=1, amount=rlp.Params(0.25), model=model,
-        ...                       example_inputs=x)
-        >>> rlp.metrics.count_params(rlp.slim(model, x)) <= 0.25 * rlp.metrics.count_params(rlp.models.BasicCNN())
+        >>> model, x = rlp.models.BasicCNN(), torch.randn(1, 3, 32, 32)
+        >>> rlp.global_structured([(m, "weight") for m in model.modules() if isinstance(m, torch.nn.Conv2d)], "l1",
+        ...                       amount=rlp.Params(0.1), model=model, example_inputs=x)
+        >>> stats = rlp.metrics.model_stats(model, x)  # the masked model, counted as sliced
+        >>> 0.09 < stats.params_kept / stats.params <= 0.1
         True
     """
 
