@@ -52,7 +52,7 @@ def work(device: str, steps: int, episodes: int) -> dict[str, list[torch.Tensor]
     out["SNIP scores"] = [s.cpu() for s in rlp.criteria.snip(model, x_dev, y_dev).values()]
     reward = rlp.rewards.Accuracy([(x[128:384], y[128:384])])
     for name, method in (("RL search", rlp.RLStructuredPruning), ("SA search", rlp.SimulatedAnnealingPruning)):
-        pruned = rlp.slicing._copy(model)
+        pruned = rlp.slicing.copy_pruned(model)
         pruned_convs = [(m, "weight") for m in pruned.modules() if isinstance(m, torch.nn.Conv2d)]
         result = rlp.global_structured(pruned_convs, method, amount=0.7, model=pruned, example_inputs=x_dev[:1],
                                        reward=reward, episodes=episodes, seed=0, progress=False)  # fmt: skip

@@ -419,7 +419,10 @@ def test_search_with_a_reward_pool_finalists_and_more_than_the_validation_split_
     finalists = torch.load(out / "search.pt", weights_only=False)["finalists"]
     assert len(finalists) == len(search["final_rewards"]) == 3  # each re-scored on the fresh batch
     chosen = max(range(3), key=search["final_rewards"].__getitem__)
-    assert search["best_reward"] == finalists[chosen][0]  # the mask kept is the one that scored best there
+    ws = pipeline.Workspace(pipeline.read_config(out))
+    masked = pipeline.load_mask(out / "mask.pt", ws.build_model(), ws.example_inputs)
+    kept = torch.cat([rlp.alive_channels(g) for g in rlp.channel_groups(masked, ws.example_inputs)])
+    assert torch.equal(kept, finalists[chosen][1])  # the mask kept is the finalist that scored best there
     # Found before any training, not at the first reward.
     assert_user_error(run_main(["search", *small, "--reward-pool", "3", "--finalists", "1", "--out",
                                 str(tmp_path / "b")]), 1, "reward_pool=3 sets of 1 validation batches and one more "

@@ -178,3 +178,17 @@ def test_a_reward_pool_needs_batches_and_enough_of_them():
     for pool in (0, 1.5, True):
         with pytest.raises(ValueError, match="pool must be a positive int"):
             rlp.rewards.NegativeLoss(data, batches=1, pool=pool)
+
+
+def test_a_registered_reward_without_a_pool_is_built_and_refuses_one(monkeypatch):
+    class Constant:
+        def __init__(self, loader, batches):
+            self.batches = batches
+
+        def __call__(self, model):
+            return 1.0
+
+    monkeypatch.setitem(rlp.rewards.REWARDS, "constant", Constant)
+    assert rlp.rewards.make_reward("constant", labelled_batches(2), batches=2).batches == 2
+    with pytest.raises(ValueError, match="reward 'constant' takes no pool"):
+        rlp.rewards.make_reward("constant", labelled_batches(2), batches=1, pool=2)

@@ -1,3 +1,7 @@
+import json
+import os
+import stat
+
 import pytest
 import torch
 import torchvision
@@ -72,3 +76,21 @@ def test_interrupted_write_leaves_the_previous_file_intact(tmp_path, monkeypatch
         rlp.save(pruned(rlp.models.BasicCNN, 0.8), path, X[:1])
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt"], "no temporary file left behind"
+
+
+@pytest.mark.skipif(not hasattr(os, "fchmod"), reason="file modes are POSIX")
+def test_files_written_atomically_get_the_mode_a_plain_open_gives(tmp_path):
+    from torch_rlprune._files import atomic_save, write_json
+
+    old = os.umask(0o027)
+    try:
+        write_json(tmp_path / "run.json", {"accuracy": 0.5})
+        atomic_save({"step": 1}, tmp_path / "search.pt")
+        (tmp_path / "plain.txt").write_text("x")
+    finally:
+        os.umask(old)
+    expected = stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode)
+    assert expected == 0o640
+    for name in ("run.json", "search.pt"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == expected, name
+    assert json.loads((tmp_path / "run.json").read_text()) == {"accuracy": 0.5}

@@ -276,6 +276,21 @@ def test_macs_budget_errors_are_clear():
         rlp.Params(1.5)
     with pytest.raises(TypeError, match="Budget names no cost; use rlp.MACs or rlp.Params"):
         rlp.selection.Budget(0.5)
+    with pytest.raises(ValueError, match="round_to with a Params budget"):
+        rlp.global_structured(convs, torch.nn.utils.prune.LnStructured, n=1, amount=rlp.Params(0.5), model=model,
+                              example_inputs=x[:1], round_to=8)  # fmt: skip
+    with pytest.raises(ValueError, match="SimulatedAnnealingPruning keeps a filter count and cannot meet a MACs"):
+        rlp.global_structured(convs, rlp.SimulatedAnnealingPruning, amount=rlp.MACs(0.5), model=model,
+                              example_inputs=x[:1], reward=lambda m: 0.0, episodes=2, progress=False)  # fmt: skip
+    with pytest.raises(ValueError, match="round_to with a MACs budget"):
+        rlp.global_structured(convs, torch.nn.utils.prune.LnStructured, n=1, amount=rlp.MACs(0.5), model=model,
+                              example_inputs=x[:1], round_to=8)  # fmt: skip
+    with pytest.raises(ValueError, match="lower min_keep"):
+        rlp.global_structured(convs, torch.nn.utils.prune.LnStructured, n=1, amount=rlp.MACs(0.01), model=model,
+                              example_inputs=x[:1], min_keep=0.5)  # fmt: skip
+    with pytest.raises(TypeError, match="needs the whole model"):
+        rlp.rl_structured(convs[1][0], "weight", amount=rlp.MACs(0.5), reward=lambda m: 0.0, episodes=2,
+                          progress=False)  # fmt: skip
 
 
 class TiedConvs(nn.Module):
@@ -304,21 +319,6 @@ def test_a_parameter_budget_refuses_weights_shared_between_convs_and_a_macs_budg
     rlp.global_structured(convs, torch.nn.utils.prune.LnStructured, n=1, amount=rlp.MACs(0.5), model=model,
                           example_inputs=x)  # fmt: skip
     assert rlp.metrics.count_macs(rlp.slim(model, x), x) <= 0.5 * rlp.metrics.count_macs(TiedConvs(), x)
-    with pytest.raises(ValueError, match="round_to with a Params budget"):
-        rlp.global_structured(convs, torch.nn.utils.prune.LnStructured, n=1, amount=rlp.Params(0.5), model=model,
-                              example_inputs=x[:1], round_to=8)  # fmt: skip
-    with pytest.raises(ValueError, match="SimulatedAnnealingPruning keeps a filter count and cannot meet a MACs"):
-        rlp.global_structured(convs, rlp.SimulatedAnnealingPruning, amount=rlp.MACs(0.5), model=model,
-                              example_inputs=x[:1], reward=lambda m: 0.0, episodes=2, progress=False)  # fmt: skip
-    with pytest.raises(ValueError, match="round_to with a MACs budget"):
-        rlp.global_structured(convs, torch.nn.utils.prune.LnStructured, n=1, amount=rlp.MACs(0.5), model=model,
-                              example_inputs=x[:1], round_to=8)  # fmt: skip
-    with pytest.raises(ValueError, match="lower min_keep"):
-        rlp.global_structured(convs, torch.nn.utils.prune.LnStructured, n=1, amount=rlp.MACs(0.01), model=model,
-                              example_inputs=x[:1], min_keep=0.5)  # fmt: skip
-    with pytest.raises(TypeError, match="needs the whole model"):
-        rlp.rl_structured(convs[1][0], "weight", amount=rlp.MACs(0.5), reward=lambda m: 0.0, episodes=2,
-                          progress=False)  # fmt: skip
 
 
 @pytest.mark.parametrize("method", ["random_width", "rl_widths"])

@@ -224,8 +224,9 @@ def _add_pipeline(parser: argparse.ArgumentParser, *, single: bool) -> None:
     prune.add_argument("--reward-batches", type=_count(1), metavar="N",
                        help=f"validation batches each reward reads (default: {d.reward_batches})")
     prune.add_argument("--reward-pool", type=_count(1), metavar="K",
-                       help=f"sets of --reward-batches validation batches the rewards take in turn, so that a long "
-                       f"search does not learn a few images (default: {d.reward_pool})")  # fmt: skip
+                       help=f"sets of --reward-batches validation batches the search's steps score on in turn, so "
+                       f"that a long search does not learn a few images; needs --finalists (default: "
+                       f"{d.reward_pool})")  # fmt: skip
     prune.add_argument("--finalists", type=_count(0), metavar="K",
                        help=f"re-score the search's K best masks on the validation batches after those the rewards "
                        f"read, within --episodes, and keep the best there; 0: the mask of highest reward "
@@ -314,8 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _config(args: argparse.Namespace) -> pl.PipelineConfig:
-    values: dict[str, Any] = {}
+def _config(args: argparse.Namespace, method: str | None = None) -> pl.PipelineConfig:
+    """The settings the flags give; ``method`` for a command that takes several (compare checks its first)."""
+    values: dict[str, Any] = {} if method is None else {"method": method}
     if args.quick:
         values.update(QUICK)
         if (args.model or "basiccnn") != "basiccnn":
@@ -557,8 +559,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    config = _config(args)
     methods = args.methods or ["rl", "sa", "l1", "random_mask"]
+    config = _config(args, methods[0])
     amounts = args.amounts or [0.5, 0.7]
     seeds = args.seeds or [0]
     for method in methods:  # every pairing, before any training (a budget some methods refuse, finalists, ...)

@@ -622,13 +622,26 @@ class _SearchPruning(prune.BasePruningMethod):
     #: whether the method proposes layer widths, and so can size them to a MACs or parameter budget
     widths_only = False
 
-    @classmethod
-    def proposes_widths(cls, options: Mapping[str, Any]) -> bool:
-        """Whether the method, given ``options``, searches over layer widths through :func:`global_structured`."""
-        return cls.widths_only
+
     #: whether, given no ``saliency``, it ranks a model's filters by :func:`~torch_rlprune.criteria.bn_output`
     #: where batch norms follow all of them (through :func:`global_structured`), instead of by L1 norm
     ranks_by_bn_output = False
+
+    @classmethod
+    def proposes_widths(cls, options: Mapping[str, Any]) -> bool:
+        """Whether the method, given ``options``, searches over layer widths through :func:`global_structured`.
+
+        Args:
+            options (dict): the method's options, as :func:`global_structured` passes them.
+
+        Returns:
+            bool: what :attr:`widths_only` will be.
+
+        Example:
+            >>> RandomWidthPruning.proposes_widths({}), SimulatedAnnealingPruning.proposes_widths({})
+            (True, False)
+        """
+        return cls.widths_only
 
     def _ranking(self, features: torch.Tensor) -> torch.Tensor:
         """What width searches rank filters by inside a group: the saliency column if any, else relative L1."""
@@ -755,10 +768,7 @@ class RLStructuredPruning(_SearchPruning):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # One tensor has one width: what there is to learn is which filters it keeps.
-        policy = self.options.get("policy", "widths" if self._target is None else "filters")
-        if policy not in self.policy_options:
-            raise ValueError(f"RLStructuredPruning: policy must be one of {', '.join(map(repr, self.policy_options))}, "
-                             f"got {policy!r}.")  # fmt: skip
+        policy = self._policy_of(self.options, "widths" if self._target is None else "filters")
         other = sorted(set(self.options) - {"policy", *self.policy_options[policy]})
         if other:
             raise TypeError(f"RLStructuredPruning: {', '.join(other)} are not options of policy={policy!r}; it takes "
@@ -768,7 +778,21 @@ class RLStructuredPruning(_SearchPruning):
 
     @classmethod
     def proposes_widths(cls, options: Mapping[str, Any]) -> bool:
-        return options.get("policy", "widths") == "widths"  # the default policy over a whole model
+        """The width policy, the default over a whole model, proposes widths (see :meth:`_SearchPruning.proposes_widths`).
+
+        Example:
+            >>> RLStructuredPruning.proposes_widths({}), RLStructuredPruning.proposes_widths({"policy": "filters"})
+            (True, False)
+        """
+        return cls._policy_of(options, "widths") == "widths"
+
+    @classmethod
+    def _policy_of(cls, options: Mapping[str, Any], default: str) -> str:
+        policy = options.get("policy", default)
+        if policy not in cls.policy_options:
+            raise ValueError(f"RLStructuredPruning: policy must be one of {', '.join(map(repr, cls.policy_options))}, "
+                             f"got {policy!r}.")  # fmt: skip
+        return policy
 
     def _strategy(self, features, group_sizes, n_keep, min_keep, device):  # type: ignore[no-untyped-def]
         options = {k: v for k, v in self.options.items() if k not in ("saliency", "policy")}
@@ -900,19 +924,26 @@ def takes_budget(pruning_method: type | str, **options: Any) -> bool:
         options: the method's options (``policy`` of :class:`RLStructuredPruning`).
 
     Returns:
-        bool: whether it takes a :class:`~torch_rlprune.selection.Budget`.
+        bool: whether it takes a :class:`~torch_rlprune.selection.Budget`; ``False`` for what
+        :func:`global_structured` does not take at all (an unstructured method, say).
+
+    Raises:
+        ValueError: an unknown criterion name, or an unknown ``policy`` of :class:`RLStructuredPruning`.
 
     Example:
         >>> takes_budget(RLStructuredPruning), takes_budget(RLStructuredPruning, policy="filters")
         (True, False)
         >>> takes_budget("l1"), takes_budget("synflow"), takes_budget(SimulatedAnnealingPruning)
         (True, False, False)
+        >>> takes_budget(prune.LnStructured), takes_budget(prune.L1Unstructured)
+        (True, False)
     """
     if isinstance(pruning_method, str):
         return "amount" not in inspect.signature(criteria.get(pruning_method)).parameters
     if isinstance(pruning_method, type) and issubclass(pruning_method, _SearchPruning):
         return pruning_method.proposes_widths(options)
-    return True
+    return pruning_method in (prune.LnStructured, prune.RandomStructured)
+
 
 def rl_structured(
     module: nn.Module, name: str, amount: float | int, reward: Callable[[nn.Module], float], dim: int = 0,

@@ -47,9 +47,12 @@ def compare(
     """
     if not methods or not amounts or not seeds:
         raise ValueError("compare needs at least one method, one amount and one seed.")
+    first = dataclasses.replace(config, seed=seeds[0])
+    if workspace is None or workspace.config != first:
+        workspace = Workspace(first)
     for method in methods:  # every pairing, before any training
         for amount in amounts:
-            dataclasses.replace(config, method=method, amount=amount).validate()
+            workspace.check_reward_data(dataclasses.replace(first, method=method, amount=amount).validate())
     rows: list[dict[str, Any]] = []
     for seed in seeds:
         ws = (workspace if workspace is not None and workspace.config == dataclasses.replace(config, seed=seed)

@@ -19,6 +19,7 @@ from ..criteria import CRITERIA
 from ..methods import SEARCH_METHODS, RLStructuredPruning, takes_budget
 from ..selection import BUDGETS, Budget
 from ..search.rewards import REWARDS as REWARD_TYPES
+from .wording import plural
 
 PathLike = Union[str, os.PathLike]
 Log = Callable[[str], Any]
@@ -244,11 +245,16 @@ class PipelineConfig:
 
     @property
     def search_summary(self) -> str:
-        """The search's budget and reward, in words, for logs and reports."""
+        """The search's budget and reward, in words, for logs and reports.
+
+        Example:
+            >>> PipelineConfig(episodes=192, reward_batches=2, reward_pool=7, finalists=4).search_summary
+            'reward accuracy on 7 sets of 2 validation batches, 192 episodes, 4 finalists re-scored on fresh batches'
+        """
+        batches = plural(self.reward_batches, "validation batch", "validation batches")
         sets = f"{self.reward_pool} sets of " if self.reward_pool > 1 else ""
-        batches = "validation batch" if self.reward_batches == 1 else "validation batches"
-        finalists = f", {self.finalists} finalists re-scored on fresh batches" if self.finalists else ""
-        return f"{self.episodes} episodes, reward {self.reward} on {sets}{self.reward_batches} {batches}{finalists}"
+        finalists = f", {plural(self.finalists, 'finalist')} re-scored on fresh batches" if self.finalists else ""
+        return f"reward {self.reward} on {sets}{batches}, {plural(self.episodes, 'episode')}{finalists}"
 
     @property
     def amount_counts(self) -> str:

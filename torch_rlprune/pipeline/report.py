@@ -21,7 +21,8 @@ class Report:
         dense (Metrics): the dense control, trained with the same schedule.
         pruned (Metrics): the pruned, rewound, sliced and trained network.
         search (dict): ``method``, ``reward``, ``seconds``, ``evaluations``, ``best_reward`` (``None`` for a
-            criterion) and ``interrupted``.
+            criterion), the finalists' ``final_rewards`` on fresh batches and ``interrupted`` (the fields of
+            ``SEARCH_FIELDS``).
         filters_per_layer (dict): convolution name -> ``[kept, dense]`` filters.
         timings (dict): seconds per phase.
     """
@@ -68,6 +69,8 @@ class Report:
         s = self.search
         if s.get("evaluations"):
             best = f", best reward {s['best_reward']:.4g} ({s['reward']} on validation data)"
+            if s.get("final_rewards"):  # the mask kept is the finalist that scored best on fresh batches
+                best += f", {max(s['final_rewards']):.4g} on fresh batches, best of {len(s['final_rewards'])} finalists"
             what = f"{s['evaluations']} masks evaluated in {s['seconds']:.1f} s{best}"
         else:
             what = f"criterion, {s['seconds']:.2f} s"

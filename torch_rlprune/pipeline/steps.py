@@ -38,7 +38,7 @@ OUTPUTS = {
     "train": ("dense.json", "model.pt", "train.json", "report.json", "report.md"),
 }
 SEARCH_FIELDS = ("method", "reward", "reward_batches", "reward_pool", "recalibrate", "finalists", "seconds",
-                 "evaluations", "best_reward", "interrupted")  # fmt: skip
+                 "evaluations", "best_reward", "final_rewards", "interrupted")  # fmt: skip
 
 
 def _read_json(path: Path, step: str) -> Any:
@@ -246,6 +246,8 @@ def search_step(
     summary["dense_train_seconds"] = train_seconds
     write_json(out / "search.json", summary)
     best = f", best reward {summary['best_reward']:.4g}" if summary["evaluations"] else ""
+    if summary["final_rewards"]:
+        best += f" ({max(summary['final_rewards']):.4g} on fresh batches, best of {len(summary['final_rewards'])})"
     log(f"mask found in {summary['seconds']:.1f} s{best}; "
         f"{sum(k for k, _ in summary['filters_per_layer'].values())} filters kept")  # fmt: skip
     return summary

@@ -34,12 +34,27 @@ class Workspace:
         #: one validation image: traces the model, checks slicing, counts MACs per example
         self.example_inputs = splits.val.batch(torch.arange(1))[0].to(self.device)
         self.augment = config.augment if config.augment is not None else not config.data.startswith("digits")
-        self._check_reward_data()
+        self.check_reward_data()
         self._check_model_runs()
 
-    def _check_reward_data(self) -> None:
-        # Found here rather than at the first reward, which comes after the dense training.
-        c = self.config
+    def check_reward_data(self, config: PipelineConfig | None = None) -> None:
+        """Raise a ``ValueError`` if the validation split cannot hold the full batches that the search of
+        ``config`` (default: the run's) scores on: its reward pool, and one more set for its finalists.
+
+        Called before any training, rather than found at the first reward, which comes after it.
+
+        Args:
+            config (PipelineConfig, optional): settings on this run's data, e.g. with another method.
+
+        Example:
+            >>> from torch_rlprune.pipeline import PipelineConfig, Workspace
+            >>> ws = Workspace(PipelineConfig(width=0.25))  # 144 validation images: 1 batch of 128
+            >>> ws.check_reward_data(PipelineConfig(reward_batches=1, reward_pool=2, finalists=1))
+            Traceback (most recent call last):
+            ...
+            ValueError: reward_pool=2 sets of 1 validation batches and one more set for finalists=1 need 3 full ...
+        """
+        c = self.config if config is None else config
         full = len(self.splits.val) // c.batch_size
         sets = c.reward_pool + (c.finalists > 0)  # the finalists are re-scored on the set after the pool
         if c.searches and sets > 1 and sets * c.reward_batches > full:
@@ -140,7 +155,17 @@ class Workspace:
 
     def fresh_val_batches(self) -> list[Any]:
         """The ``reward_batches`` validation batches after those the search's rewards read (its pool): what its
-        finalists are re-scored on."""
+        finalists are re-scored on.
+
+        Returns:
+            list: ``(inputs, targets)`` pairs, on the run's device.
+
+        Example:
+            >>> from torch_rlprune.pipeline import PipelineConfig, Workspace
+            >>> ws = Workspace(PipelineConfig(width=0.25, batch_size=48, reward_batches=1, reward_pool=2, finalists=1))
+            >>> [len(y) for _, y in ws.fresh_val_batches()]  # the third batch of 48
+            [48]
+        """
         c = self.config
         skip = c.reward_pool * c.reward_batches
         return list(itertools.islice(self.val_loader(), skip, skip + c.reward_batches))

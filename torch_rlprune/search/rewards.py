@@ -109,7 +109,7 @@ class Accuracy:
         loader (iterable): yields ``(inputs, targets)`` batches of validation data, e.g. a
             :class:`torch.utils.data.DataLoader`. The batches are read once and cached on the model's device.
         batches (int, optional): how many batches to use. Default: all.
-        pool (int): sets of ``batches`` batches (the loader's first ``pool * batches``) that the calls take in
+        pool (int): sets of ``batches`` batches (the loader's first ``pool * batches``) that a search's steps take in
             turn. Default: 1 (the same batches every call).
 
     Example:
@@ -142,7 +142,8 @@ class NegativeLoss:
         loader (iterable): yields ``(inputs, targets)`` batches of validation data.
         batches (int, optional): how many batches to use. Default: all.
         loss_fn (callable): ``loss_fn(outputs, targets)``, averaged over the batch. Default: cross-entropy.
-        pool (int): sets of ``batches`` batches that the calls take in turn (see :class:`Accuracy`). Default: 1.
+        pool (int): sets of ``batches`` batches that a search's steps take in turn (see :class:`Accuracy`).
+            Default: 1.
 
     Example:
         >>> import torch
@@ -180,7 +181,8 @@ class MACsAware:
         batches (int, optional): how many batches to use. Default: all.
         example_inputs (torch.Tensor, optional): needed only to count the MACs of a model that is not a
             candidate view.
-        pool (int): sets of ``batches`` batches that the calls take in turn (see :class:`Accuracy`). Default: 1.
+        pool (int): sets of ``batches`` batches that a search's steps take in turn (see :class:`Accuracy`).
+            Default: 1.
 
     Example:
         >>> import torch
@@ -405,7 +407,7 @@ def make_reward(
         name (str): a key of :data:`REWARDS`.
         loader (iterable): validation batches.
         batches (int, optional): how many of them. Default: all.
-        pool (int): sets of ``batches`` batches that the reward's calls take in turn (see :class:`Accuracy`).
+        pool (int): sets of ``batches`` batches that a search's steps take in turn (see :class:`Accuracy`).
             Default: 1.
         example_inputs (torch.Tensor, optional): for the rewards that count MACs.
         recalibrate (iterable, optional): training batches: wrap the reward in :class:`Recalibrated`.
