@@ -29,7 +29,9 @@ cosine learning rate from ``--finetune-lr``, crop and flip; the same for every m
   from the ``bn_output`` ranking); ``rl-ranked``: the same keeping each layer's top ``bn_output`` filters
   (``filters="ranked"``); ``rl-filters``: its per-filter policy (``policy="filters"``), the default before.
 
-Every search spends ``--finalists`` of its episodes re-scoring its best keep-sets on the next validation batches.
+Every search spends ``--finalists`` of its episodes re-scoring its best keep-sets on the next validation batches
+(with ``--final-reward``, by default the search's own reward). With ``--reward-pool K`` the search's steps score
+on K sets of validation batches in turn (``pool=`` of :class:`torch_rlprune.rewards.Accuracy`).
 The runs of an older dense network and method list are in ``results/quality_p1_dense77.{json,txt}``.
 
 The seed is the search's seed and the fine-tuning's (order of the batches, augmentation). The table gives the
