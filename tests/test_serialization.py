@@ -78,7 +78,7 @@ def test_interrupted_write_leaves_the_previous_file_intact(tmp_path, monkeypatch
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt"], "no temporary file left behind"
 
 
-@pytest.mark.skipif(not hasattr(os, "fchmod"), reason="file modes are POSIX")
+@pytest.mark.skipif(os.name != "posix", reason="file modes are POSIX")
 def test_files_written_atomically_get_the_mode_a_plain_open_gives(tmp_path):
     from torch_rlprune._files import atomic_save, write_json
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, Union
@@ -14,19 +14,14 @@ import torch
 PathLike = Union[str, os.PathLike]
 
 
-def _umask() -> int:
-    mask = os.umask(0)  # reading the umask means setting it; put it straight back
-    os.umask(mask)
-    return mask
-
-
 def atomic_write(path: PathLike, write: Callable[[IO[bytes]], None]) -> None:
     """Call ``write(file)`` on a temporary file beside ``path``, then rename: a crash never leaves half a file."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # Not mkstemp, which makes the file private: created with mode 0o666, the file gets what the umask allows, as
+    # with open().
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
-        if hasattr(os, "fchmod"):  # mkstemp makes the file private; give it the mode open() would
-            os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
