@@ -621,8 +621,6 @@ class _SearchPruning(prune.BasePruningMethod):
 
     #: whether the method proposes layer widths, and so can size them to a MACs or parameter budget
     widths_only = False
-
-
     #: whether, given no ``saliency``, it ranks a model's filters by :func:`~torch_rlprune.criteria.bn_output`
     #: where batch norms follow all of them (through :func:`global_structured`), instead of by L1 norm
     ranks_by_bn_output = False

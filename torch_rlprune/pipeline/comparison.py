@@ -55,7 +55,7 @@ def compare(
             workspace.check_reward_data(dataclasses.replace(first, method=method, amount=amount).validate())
     rows: list[dict[str, Any]] = []
     for seed in seeds:
-        ws = (workspace if workspace is not None and workspace.config == dataclasses.replace(config, seed=seed)
+        ws = (workspace if workspace.config == dataclasses.replace(config, seed=seed)
               else Workspace(dataclasses.replace(config, seed=seed)))
         c = ws.config
         k = c.rewind_epoch
@@ -125,9 +125,7 @@ def comparison_markdown(rows: Sequence[dict[str, Any]], config: PipelineConfig |
             (f"{model_label(config.to_dict())} on {config.data}; mask searched at epoch {config.rewind_epoch}, kept "
              f"filters rewound to {'init' if config.rewind_to == 'init' else 'epoch ' + str(config.rewind_epoch)}; "
              f"every network trained {plural(config.epochs, 'epoch')} with one schedule. Search methods: "
-             f"{config.search_summary}. Accuracy on the test "
-             "split. Amount counts " + ("filters (output channels of convolutions)." if config.budget == "filters"
-                                         else f"{config.amount_counts} (a budget: the share pruned).")),
+             f"{config.search_summary}. Accuracy on the test split. Amount counts {config.amount_description}."),
             "",
         ]
     lines += ["| method | amount | seeds | test accuracy | params | MACs | filters | CPU latency (ms) | search (s) |",

@@ -261,6 +261,11 @@ class PipelineConfig:
         """What :attr:`amount` is a share of, in words."""
         return "filters" if self.budget == "filters" else BUDGETS[self.budget].counts
 
+    @property
+    def amount_description(self) -> str:
+        """What :attr:`amount` counts, as the reports explain it."""
+        return "filters (output channels of convolutions)" if self.budget == "filters" else self.amount_counts
+
     def to_dict(self) -> dict[str, Any]:
         """The settings as a JSON-ready dict."""
         return dataclasses.asdict(self)

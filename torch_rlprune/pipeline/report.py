@@ -43,8 +43,7 @@ class Report:
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["sparsity"] = self.sparsity
-        counts = PipelineConfig.from_dict(self.config).amount_counts
-        data["amount_counts"] = "filters (output channels of convolutions)" if counts == "filters" else counts
+        data["amount_counts"] = PipelineConfig.from_dict(self.config).amount_description
         return data
 
     @classmethod
@@ -110,7 +109,7 @@ class Report:
             "",
             (f"Data: {d['spec']}, {d['train']:,} training / {d['val']:,} validation / {d['test']:,} test images. "
              "The validation split, carved out of the training data, rewards the search; the test split is used "
-             "for this report only. Amount counts filters (output channels of convolutions)."),
+             f"for this report only. Amount counts {PipelineConfig.from_dict(self.config).amount_description}."),
             "",
             "| | dense | pruned | pruned vs dense |",
             "| --- | ---: | ---: | ---: |",
