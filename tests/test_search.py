@@ -576,3 +576,21 @@ def test_a_group_normalised_over_its_channels_runs_its_exact_count():
     torch.testing.assert_close(padded, exact, atol=1e-5, rtol=1e-4)
 
 
+def test_masked_candidates_normalise_over_their_kept_channels_only():
+    torch.manual_seed(0)
+    model = ChannelsLastNorm().eval()
+    with torch.no_grad():
+        model.norm.weight.uniform_(0.5, 1.5)
+    x = torch.randn(4, 3, 12, 12)
+    groups = rlp.channel_groups(model, x[:1])
+    keep = [torch.arange(16) % 3 != 1] * 2
+    evaluator = CandidateEvaluator(model, groups, x[:1], norms="eval", mode="mask")
+    with evaluator.active(), torch.no_grad():
+        masked = CandidateModel(evaluator, keep, keep_vectors(groups, keep))(x)
+    assert not model.norm._forward_hooks  # the hook lasts for the call only
+    rlp.apply_channel_masks(groups, keep)
+    with torch.no_grad():
+        sliced = rlp.slim(model, x[:1])(x)
+    torch.testing.assert_close(masked, sliced, atol=1e-5, rtol=1e-4)  # the zeroed channels left out of the norm
+
+

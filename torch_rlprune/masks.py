@@ -10,19 +10,21 @@ Masks compose with earlier ones the way :class:`prune.PruningContainer` composes
 
 from __future__ import annotations
 
+import copy
 import functools
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.utils import prune
 
 from .groups import ChannelGroup, Member, Role
+from .layers import layer_of
 
-__all__ = ["effective_weight", "alive_channels", "apply_channel_masks", "masked_tensors", "keep_vectors", "KeepVectors"]
+__all__ = ["effective_weight", "on_kept_channels", "alive_channels", "apply_channel_masks", "masked_tensors", "keep_vectors", "KeepVectors"]
 
 #: For each (module, dim) that a channel group indexes, which entries along that dim survive.
 KeepVectors = dict[tuple[nn.Module, int], torch.Tensor]
@@ -119,22 +121,57 @@ def apply_channel_masks(groups: Sequence[ChannelGroup], keep: Sequence[torch.Ten
 
 
 def _normalize_kept(module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor, dim: int) -> Any:
-    """Forward hook of a LayerNorm over channels that are masked: normalise over the kept channels only.
+    """Forward hook of a LayerNorm over channels that are masked: compute it over the kept channels only.
 
-    A masked channel is zero, yet a LayerNorm's mean and variance would still count it; the sliced model, which
-    has no such channel, does not. With this hook the masked model computes what the sliced one does.
+    A masked channel is zero, yet the norm's statistics over the channels would still count it; the sliced model,
+    which has no such channel, does not. With this hook the masked model computes what the sliced one does.
     """
     mask = getattr(module, "weight_mask", None)
     x = args[0]
-    # The channel tracer must see the LayerNorm itself, not this computation, when it traces a masked model.
+    # The channel tracer must see the norm itself, not this computation, when it traces a masked model.
     if mask is None or isinstance(x, torch.fx.Proxy) or bool(mask.all()):
         return None
-    kept = mask.ne(0).nonzero().reshape(-1).to(x.device)
-    weight = effective_weight(module, "weight").index_select(0, kept)
-    bias = effective_weight(module, "bias")
-    bias = None if bias is None else bias.index_select(0, kept)
-    normed = F.layer_norm(x.index_select(dim, kept).movedim(dim, -1), (kept.numel(),), weight, bias, module.eps)
-    return torch.zeros_like(output).index_copy(dim, kept, normed.movedim(-1, dim).to(output.dtype))
+    return on_kept_channels(module, x, output, mask.ne(0), dim)
+
+
+def on_kept_channels(module: nn.Module, x: torch.Tensor, output: torch.Tensor, kept: torch.Tensor, dim: int) -> torch.Tensor:
+    """What the sliced ``module`` computes from the ``kept`` channels of its input ``x``, with zeros for the others.
+
+    The module itself runs on the kept channels, with its per-channel tensors (as they are now, masks applied)
+    cut to them as slicing cuts them: for a norm whose statistics span the channels, the masked model's forward
+    hook (and a search's masked candidates) thereby compute what the sliced model does.
+
+    Args:
+        module (torch.nn.Module): a norm over the channels at ``dim`` of its input.
+        x (torch.Tensor): its input, with every channel.
+        output (torch.Tensor): its output on ``x``, which gives the result's shape and dtype.
+        kept (torch.Tensor): boolean, one entry per channel.
+        dim (int): the dim of ``x`` (and of the output) that holds the channels.
+
+    Returns:
+        torch.Tensor: shaped as ``output``; zero at the channels not kept.
+
+    Example:
+        >>> import torch
+        >>> norm = torch.nn.LayerNorm(4).requires_grad_(False)
+        >>> x = torch.tensor([[1.0, 2.0, 0.0, 3.0]])
+        >>> on_kept_channels(norm, x, norm(x), torch.tensor([True, False, True, True]), 1)  # normalises 1, 0, 3
+        tensor([[-0.2673,  0.0000, -1.0690,  1.3363]])
+    """
+    from .slicing import cut_along_channels  # slicing builds on this module
+
+    rows = kept.nonzero().reshape(-1).to(x.device)
+    twin = copy.copy(module)  # shares every attribute but those replaced below
+    twin.__dict__.update(_parameters={}, _buffers={}, _forward_hooks=OrderedDict(), _forward_pre_hooks=OrderedDict())
+    own = (*module.named_parameters(recurse=False), *module.named_buffers(recurse=False))
+    for name in {n.removesuffix("_orig").removesuffix("_mask") for n, _ in own}:
+        tensor = effective_weight(module, name)
+        twin.__dict__[name] = tensor.index_select(0, rows) if cut_along_channels(name, tensor) else tensor
+    layer = layer_of(twin)
+    if layer is not None:
+        layer.follow(twin, False)  # a LayerNorm's normalized_shape
+    normed = twin(x.index_select(dim, rows))
+    return torch.zeros_like(output).index_copy(dim, rows, normed.to(output.dtype))
 
 
 def _dim_size(member: Member) -> int:

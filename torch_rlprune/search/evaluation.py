@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -43,7 +44,7 @@ from ..metrics import ModelStats
 from .._inputs import ExampleInputs, as_input_tuple, device_of
 from .._state import preserved_state, pruning_hooks
 from ..groups import ChannelGroup, groups_kept
-from ..masks import KeepVectors, keep_vectors
+from ..masks import KeepVectors, keep_vectors, on_kept_channels
 from ..slicing import cut_along_channels, sliced_tensors
 
 __all__ = ["CandidateEvaluator", "CandidateModel", "zeroed_tensors", "MODES", "PAD_STEPS"]
@@ -105,7 +106,7 @@ class CandidateModel(nn.Module):
         if evaluator.mode == "mask":  # one copy to the device for all vectors, not one per tensor they scale
             flat = torch.cat([v.reshape(-1) for v in vectors.values()]).to(evaluator.device) if vectors else None
             parts = flat.split([v.numel() for v in vectors.values()]) if flat is not None else ()
-            self._tensors = self._named(zeroed_tensors, dict(zip(vectors, parts)))
+            self._run_vectors, self._tensors = vectors, self._named(zeroed_tensors, dict(zip(vectors, parts)))
         elif padded:
             selected = keep_vectors(evaluator.groups, evaluator._padding(keep))
             # which of the channels the padded view runs are the candidate's
@@ -223,6 +224,11 @@ class CandidateModel(nn.Module):
         return self._evaluator.stats(self._vectors)
 
 
+def _on_kept(module: nn.Module, args: tuple[Any, ...], output: torch.Tensor, kept: torch.Tensor, dim: int) -> Any:
+    """Forward hook of a masked candidate's norm over the channels: what the sliced norm computes."""
+    return on_kept_channels(module, args[0], output, kept, dim)
+
+
 def zeroed_tensors(
     module: nn.Module, vectors: KeepVectors, tensors: dict[str, torch.Tensor] | None = None
 ) -> Iterator[tuple[str, torch.Tensor]]:
@@ -327,7 +333,8 @@ class CandidateEvaluator:
         self.norms = norms
         self.names = {m: n for n, m in model.named_modules()}
         self._tied = {m.module for g in self.groups for m in g.tied}
-        self._normalizing = {m.module for g in self.groups for m in g.norms if m.normalizes is not None}
+        #: norms over the channels, and the dim of their input that holds them
+        self._normalizing = {m.module: m.normalizes for g in self.groups for m in g.norms if m.normalizes is not None}
         self._hooked = pruning_hooks(model)
         inputs = as_input_tuple(example_inputs, "CandidateEvaluator", model)
         self._counter = metrics.KeepSetCounter(model, inputs, "CandidateEvaluator")
@@ -403,24 +410,32 @@ class CandidateEvaluator:
     @contextlib.contextmanager
     def patched(self, vectors: KeepVectors) -> Iterator[None]:
         """Set the ``groups`` of tied depthwise convs, and the ``normalized_shape`` of LayerNorms over the
-        channels, to the channels ``vectors`` keep; restore them on exit.
+        channels, to the channels ``vectors`` keep (``"slice"``), or make norms over the channels compute over the
+        kept ones only (``"mask"``); restore the model on exit.
 
         Also restores the tensors that pruning hooks recompute: inside the call a hook sets ``<name>`` to the
         candidate's sliced tensor, which must not outlive the call.
         """
-        saved = []
-        for conv in self._tied:
+        saved, handles = [], []
+        for norm, dim in self._normalizing.items():
+            if (norm, 0) not in vectors:
+                continue
+            if self.mode == "mask":  # its statistics must not count the zeroed channels
+                hook = functools.partial(_on_kept, kept=vectors[norm, 0], dim=dim)
+                handles.append(norm.register_forward_hook(hook))
+            else:
+                saved.append((norm, "normalized_shape", norm.normalized_shape))
+                norm.normalized_shape = (int(vectors[norm, 0].sum()),)
+        for conv in self._tied if self.mode == "slice" else ():
             if (conv, 0) in vectors:
                 saved.append((conv, "groups", conv.groups))
                 conv.groups = groups_kept(conv, int(vectors[conv, 0].sum()))
-        for norm in self._normalizing:
-            if (norm, 0) in vectors:
-                saved.append((norm, "normalized_shape", norm.normalized_shape))
-                norm.normalized_shape = (int(vectors[norm, 0].sum()),)
         hooked = [(module, name, module.__dict__.get(name)) for module, name in self._hooked]
         try:
             yield
         finally:
+            for handle in handles:
+                handle.remove()
             for module, attribute, value in saved:
                 setattr(module, attribute, value)
             for module, name, value in hooked:
