@@ -10,6 +10,8 @@ from torch.nn.utils import prune
 
 import torch_rlprune as rlp
 from torch_rlprune import Role
+from torch_rlprune.masks import keep_vectors
+from torch_rlprune.search.evaluation import CandidateEvaluator, CandidateModel
 
 from conftest import conv_pairs
 
@@ -464,3 +466,83 @@ def test_masked_layernorm_normalises_over_the_kept_channels_only():
         hooks.update(saved)
     assert not torch.allclose(with_hook, without, atol=1e-4)
     torch.testing.assert_close(small(x), with_hook, atol=1e-5, rtol=1e-4)
+
+
+def _response_norm_type():
+    """A fresh copy of ConvNeXt V2's global response norm (channels last), so that registering it in one test
+    leaves the other tests' tracer as it was."""
+
+    class ResponseNorm(nn.Module):
+        def __init__(self, channels):
+            super().__init__()
+            self.weight = nn.Parameter(torch.rand(channels) + 0.5)
+            self.bias = nn.Parameter(torch.rand(channels) - 0.5)
+
+        def forward(self, x):
+            spread = x.norm(p=2, dim=(1, 2), keepdim=True)  # per channel, over the positions
+            return x + self.bias + self.weight * x * (spread / (spread.mean(dim=-1, keepdim=True) + 1e-6))
+
+    return ResponseNorm
+
+
+class ConvNeXtV2Block(ConvNeXtBlock):
+    """ConvNeXt V2's block: the layer scale gives way to a global response norm between the two Linear layers."""
+
+    def __init__(self, channels, norm_type):
+        super().__init__(channels)
+        self.grn = norm_type(4 * channels)
+
+    def forward(self, x):
+        y = self.pw2(self.grn(F.gelu(self.pw1(self.norm(self.dwconv(x).permute(0, 2, 3, 1))))))
+        return x + y.permute(0, 3, 1, 2)
+
+
+def test_a_module_registered_as_channel_norm_is_sliced_exactly():
+    norm_type = _response_norm_type()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 2, stride=2), ConvNeXtV2Block(8, norm_type), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(8, 3)).eval()  # fmt: skip
+    x = torch.randn(2, 3, 8, 8)
+    assert not any(g.producers[0].name == "1.pw1" for g in rlp.channel_groups(model, x))  # traced into: x.norm()
+    rlp.register_channel_op(norm_type, "channel_norm")
+    hidden = next(g for g in rlp.channel_groups(model, x) if g.producers[0].name == "1.pw1")
+    assert [(m.name, m.role, m.normalizes) for m in hidden.norms] == [("1.grn", Role.NORM, 3)]
+    assert names(hidden.consumers) == {"1.pw2"}
+
+    groups = rlp.channel_groups(model, x)
+    keep = [torch.arange(g.size) % 3 != 1 for g in groups]
+    candidates = {}
+    for mode in ("slice", "mask"):  # how a search runs its candidates on the CPU and on a GPU
+        evaluator = CandidateEvaluator(model, groups, x, norms="eval", mode=mode)
+        with evaluator.active(), torch.no_grad():
+            candidates[mode] = CandidateModel(evaluator, keep, keep_vectors(groups, keep))(x)
+    rlp.apply_channel_masks(groups, keep)
+    masked, small = model, rlp.slim(model, x)  # slim verifies the sliced model against the masked one
+    kept = small[1].pw1.out_features
+    assert kept == 21 and small[1].grn.weight.shape == small[1].grn.bias.shape == (kept,)
+    hooks = masked[1].grn._forward_hooks
+    with torch.no_grad():
+        with_hook = masked(x)
+        saved = dict(hooks)
+        hooks.clear()  # without it the pruned (zero) channels lower the mean over the channels
+        without = masked(x)
+        hooks.update(saved)
+    assert not torch.allclose(with_hook, without, atol=1e-4)
+    torch.testing.assert_close(small(x), with_hook, atol=1e-5, rtol=1e-4)
+    for candidate in candidates.values():
+        torch.testing.assert_close(candidate, with_hook, atol=1e-5, rtol=1e-4)
+
+
+def test_a_channel_norm_needs_one_weight_entry_per_channel():
+    class SharedScale(nn.Module):  # one weight for all channels: nothing to mask per channel
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(1))
+
+        def forward(self, x):
+            return self.weight * x / x.mean(dim=1, keepdim=True)
+
+    rlp.register_channel_op(SharedScale, "channel_norm")
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), SharedScale(), nn.Conv2d(8, 4, 1))
+    groups = rlp.channel_groups(model, torch.randn(1, 3, 8, 8))
+    assert list(groups) == [] and "whose weight does not hold one entry per channel" in groups.excluded["0"]

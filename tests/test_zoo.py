@@ -42,3 +42,21 @@ def test_timm_model_is_mostly_prunable_and_slices_exactly(name, one_thread):
                           groups=groups)  # fmt: skip
     small = rlp.slim(model, x, groups=groups)  # raises unless the sliced model computes what the masked one does
     assert sum(p.numel() for p in small.parameters()) < 0.7 * sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.filterwarnings("ignore:global_structured. skipping convolutions")
+def test_timm_global_response_norm_is_a_channel_norm_without_registering(one_thread):
+    torch.manual_seed(0)
+    model = timm.create_model("convnextv2_atto", pretrained=False, num_classes=10).eval()
+    grns = {n for n, m in model.named_modules() if type(m).__name__ == "GlobalResponseNorm"}
+    with torch.no_grad():  # at init a GRN is the identity, which would hide a wrong slice
+        for name in grns:
+            model.get_submodule(name).weight.uniform_(0.5, 1.5)
+            model.get_submodule(name).bias.uniform_(-0.5, 0.5)
+    x = torch.randn(2, 3, 64, 64)
+    groups = rlp.channel_groups(model, x)
+    assert _share_prunable(model, groups) == 1.0, groups.excluded
+    assert grns and grns == {m.name for g in groups for m in g.norms if m.name in grns and m.normalizes == 1}  # NCHW here
+    rlp.global_structured(conv_pairs(model), prune.LnStructured, n=1, amount=0.5, model=model, example_inputs=x,
+                          groups=groups)  # fmt: skip
+    rlp.slim(model, x, groups=groups)  # raises unless the sliced model computes what the masked one does

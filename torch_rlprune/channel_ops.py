@@ -7,7 +7,11 @@ This module is the one table of that knowledge for the ops that need no special 
   padding);
 * ``"elementwise"``: several inputs meet channel by channel (add, mul; an input of one channel broadcasts);
 * ``"norm"`` (module types only): a per-channel norm whose ``weight``, ``bias``, ``running_mean`` and
-  ``running_var`` are indexed by channel, and which normalises every channel on its own.
+  ``running_var`` are indexed by channel, and which normalises every channel on its own;
+* ``"channel_norm"`` (module types only): a module with a ``weight`` (and ``bias``) of one entry per channel whose
+  output also depends on statistics over all its channels, as a LayerNorm over them or ConvNeXt V2's global
+  response norm; the masked model runs it on the kept channels only (see
+  :func:`torch_rlprune.apply_channel_masks`), so that slicing it stays exact.
 
 Convolutions, ``Linear``, ``flatten``, concatenation, ``split``/``chunk``, slicing and reductions are modelled by
 the tracer itself. Anything else is opaque: the channels that reach it are never pruned.
@@ -26,10 +30,12 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
 from torchvision.ops import stochastic_depth
 
-__all__ = ["KINDS", "register_channel_op", "module_kind", "function_kind", "method_kind", "registered_module_types", "generation"]
+__all__ = ["KINDS", "register_channel_op", "module_kind", "function_kind", "method_kind", "taken_whole", "generation"]
 
 #: The kinds of op a user can register.
-KINDS = ("passthrough", "elementwise", "norm")
+KINDS = ("passthrough", "elementwise", "norm", "channel_norm")
+#: The kinds only a module type can have: slicing cuts its tensors.
+MODULE_KINDS = ("norm", "channel_norm")
 
 Op = Union[type, Callable[..., object], str]
 
@@ -44,6 +50,10 @@ _MODULES: dict[type, str] = {
         nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Upsample,
     ), "passthrough"),
 }  # fmt: skip
+
+#: Module types of other packages, named ``"module.QualName"`` so that the package need not be imported: timm's
+#: global response norm (ConvNeXt V2) scales each channel by its share of a mean over the channels.
+_KNOWN_BY_NAME: dict[str, str] = {"timm.layers.grn.GlobalResponseNorm": "channel_norm"}
 
 # Module types registered by users, taken whole by the tracer (torch.nn's own are taken whole anyway).
 _REGISTERED: set[type] = set()
@@ -86,10 +96,14 @@ def register_channel_op(op: Op, kind: str) -> None:
         kind (str): ``"passthrough"`` (output channel ``c`` depends on input channel ``c`` only; the op holds no
             per-channel state), ``"elementwise"`` (its tensor inputs meet channel by channel), or, for a module
             type, ``"norm"`` (``weight``, ``bias`` and running statistics are per channel, and every channel is
-            normalised on its own; slicing cuts those tensors and ``num_features`` where the module has it).
+            normalised on its own; slicing cuts those tensors and ``num_features`` where the module has it) or
+            ``"channel_norm"`` (``weight`` and ``bias`` are per channel, and the output also depends on
+            statistics over the channels, at whatever dim the module's input holds them: the masked model then
+            runs the module on the kept channels alone, as the sliced one does; the module must take its channel
+            count from its input and tensors, as ConvNeXt V2's global response norm does).
 
     Raises:
-        ValueError: an unknown ``kind``, or ``"norm"`` for something else than a module type.
+        ValueError: an unknown ``kind``, or ``"norm"`` or ``"channel_norm"`` for something else than a module type.
         TypeError: ``op`` is none of the above.
 
     Example:
@@ -116,9 +130,9 @@ def register_channel_op(op: Op, kind: str) -> None:
         _MODULES[op] = kind
         _REGISTERED.add(op)
         return
-    if kind == "norm":
+    if kind in MODULE_KINDS:
         raise ValueError(
-            f"register_channel_op: kind 'norm' is for module types, whose per-channel tensors slicing can cut; "
+            f"register_channel_op: kind {kind!r} is for module types, whose per-channel tensors slicing can cut; "
             f"got {op!r}. Register the module class that owns the weight and bias."
         )
     if isinstance(op, str):
@@ -138,16 +152,21 @@ def generation() -> int:
 
 
 def module_kind(module: nn.Module) -> str | None:
-    """The kind of ``module`` (by its type or the nearest registered base class), or ``None``."""
+    """The kind of ``module`` (by its type or the nearest registered or known base class), or ``None``."""
     for cls in type(module).__mro__:
-        if cls in _MODULES:
-            return _MODULES[cls]
+        kind = _MODULES.get(cls) or _KNOWN_BY_NAME.get(f"{cls.__module__}.{cls.__qualname__}")
+        if kind is not None:
+            return kind
     return None
 
 
-def registered_module_types() -> tuple[type, ...]:
-    """The module types users registered: the tracer takes them whole instead of tracing into them."""
-    return tuple(_REGISTERED)
+def taken_whole(module: nn.Module) -> bool:
+    """Whether the tracer takes ``module`` whole instead of tracing into it: its type, or a base class, was
+    registered by a user or is one of the other packages' types this table knows (torch.nn's own are taken
+    whole anyway)."""
+    return isinstance(module, tuple(_REGISTERED)) or any(
+        f"{cls.__module__}.{cls.__qualname__}" in _KNOWN_BY_NAME for cls in type(module).__mro__
+    )
 
 
 def function_kind(function: object) -> str | None:

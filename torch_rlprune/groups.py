@@ -619,17 +619,23 @@ class _GroupBuilder:
         self.cdim[node] = len(in_shape) - 1
         return (_Segment(space, linear.out_features),)
 
-    def layer_norm(self, node: fx.Node, name: str, norm: nn.Module, dim: int) -> _Layout | None:
-        """A LayerNorm over the channels alone: a norm member whose statistics cover the kept channels only
+    def channel_norm(self, node: fx.Node, name: str, norm: nn.Module, dim: int) -> _Layout | None:
+        """A norm over the channels at ``dim`` (a LayerNorm over them alone, or a module registered as
+        ``"channel_norm"``): a norm member whose statistics cover the kept channels only
         (:func:`torch_rlprune.masks.apply_channel_masks` makes the masked model compute them so)."""
         src = self.single_input(node)
         in_shape = _shape(src[0]) if src else None
-        if src is None or in_shape is None or tuple(norm.normalized_shape) != (in_shape[dim],) or self.dim_of(src[0]) != dim:
+        if src is None or in_shape is None or self.dim_of(src[0]) != dim or (
+            isinstance(norm, nn.LayerNorm) and tuple(norm.normalized_shape) != (in_shape[dim],)
+        ):
             return self.unknown(node)
         # The masked model must normalise over the kept channels only, in the module's own input.
         module_input = src[0] if node.op == "call_module" else self.scope_input(name)
-        if norm.weight is None or module_input is None or module_input not in self.layouts:
+        weight = getattr(norm, "weight", None)
+        if weight is None or module_input is None or module_input not in self.layouts:
             return self.unknown(node, f"is normalised over its channels by '{name}', which has no weight to mask")
+        if tuple(weight.shape) != (in_shape[dim],):
+            return self.unknown(node, f"is normalised by '{name}', whose weight does not hold one entry per channel")
         self.add_members(src[1], name, Role.NORM, normalizes=self.dim_of(module_input))
         self.cdim[node] = dim
         return src[1]
@@ -658,7 +664,7 @@ class _GroupBuilder:
                 return self.unknown(node)
             out = self.linear(node, owner, module)
         elif node.target is F.layer_norm:
-            out = self.layer_norm(node, owner, module, len(in_shape) - 1) if in_shape else self.unknown(node)
+            out = self.channel_norm(node, owner, module, len(in_shape) - 1) if in_shape else self.unknown(node)
         else:
             out = self.norm(node, owner)
         src = self.single_input(node)
@@ -696,7 +702,9 @@ class _GroupBuilder:
         elif isinstance(module, nn.Linear):
             out = self.linear(node, name, module)
         elif isinstance(module, nn.LayerNorm) and src is not None and _shape(src[0]) is not None:
-            out = self.layer_norm(node, name, module, len(_shape(src[0])) - 1)  # type: ignore[arg-type]
+            out = self.channel_norm(node, name, module, len(_shape(src[0])) - 1)  # type: ignore[arg-type]
+        elif kind == "channel_norm" and src is not None:
+            out = self.channel_norm(node, name, module, self.dim_of(src[0]))
         elif isinstance(module, nn.Flatten):
             return self.flatten(node, module.start_dim, module.end_dim)
         elif isinstance(module, nn.PReLU) and module.num_parameters == 1 or kind == "passthrough":
@@ -815,7 +823,7 @@ class _Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if module_qualified_name in self.leaf_names or (self.leaf_types and isinstance(m, self.leaf_types)):
             return True
-        if isinstance(m, channel_ops.registered_module_types()):
+        if channel_ops.taken_whole(m):
             return True
         return super().is_leaf_module(m, module_qualified_name)
 

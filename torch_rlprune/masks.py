@@ -121,7 +121,8 @@ def apply_channel_masks(groups: Sequence[ChannelGroup], keep: Sequence[torch.Ten
 
 
 def _normalize_kept(module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor, dim: int) -> Any:
-    """Forward hook of a LayerNorm over channels that are masked: compute it over the kept channels only.
+    """Forward hook of a norm over channels that are masked (a LayerNorm over them, a ``"channel_norm"`` module):
+    compute it over the kept channels only.
 
     A masked channel is zero, yet the norm's statistics over the channels would still count it; the sliced model,
     which has no such channel, does not. With this hook the masked model computes what the sliced one does.

@@ -423,7 +423,7 @@ class CandidateEvaluator:
             if self.mode == "mask":  # its statistics must not count the zeroed channels
                 hook = functools.partial(_on_kept, kept=vectors[norm, 0], dim=dim)
                 handles.append(norm.register_forward_hook(hook))
-            else:
+            elif isinstance(norm, nn.LayerNorm):  # a "channel_norm" module takes its count from its tensors
                 saved.append((norm, "normalized_shape", norm.normalized_shape))
                 norm.normalized_shape = (int(vectors[norm, 0].sum()),)
         for conv in self._tied if self.mode == "slice" else ():
