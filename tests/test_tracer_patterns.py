@@ -121,6 +121,11 @@ class Shuffle(nn.Module):
         return self.head(torch.cat([a, self.branch(b)], dim=1))
 
 
+class Chunks(nn.Module):
+    def forward(self, x):
+        return torch.cat(x.chunk(2, dim=1)[::-1], dim=1)  # 7 channels: pieces of 4 and 3
+
+
 def names(members):
     return {m.name for m in members}
 
@@ -243,10 +248,22 @@ def test_module_called_twice_shares_its_channels():
     assert small.shared.out_channels == small.bn.num_features < 8
 
 
-def test_chunk_whose_sizes_follow_the_tensor_keeps_both_halves():
-    groups = rlp.channel_groups(Shuffle(), torch.randn(1, 3, 4, 4))
-    assert "split into pieces of fixed size" in groups.excluded["stem"]
-    assert [g.producers[0].name for g in groups] == ["branch.0", "branch.2"]
+def test_chunk_into_equal_halves_prunes_channel_c_of_both_together():
+    model, x = Shuffle(), torch.randn(2, 3, 4, 4)
+    groups = rlp.channel_groups(model, x)
+    stem = groups[0]
+    assert stem.name == "stem" and stem.size == 4 and [(m.name, m.offset) for m in stem.producers] == [
+        ("stem", 0), ("stem", 4),
+    ]  # fmt: skip
+    assert {(m.name, m.offset) for m in stem.consumers} == {("head", 0), ("branch.0", 0)}
+    _, small = _prune_and_slim(model, x)  # the halves stay equal, so chunk cuts the sliced tensor where it should
+    assert small.stem.out_channels == 2 * small.branch[0].in_channels < 8
+
+
+def test_chunk_into_unequal_pieces_keeps_them():
+    model = nn.Sequential(nn.Conv2d(3, 7, 1), Chunks(), nn.Conv2d(7, 2, 1))
+    groups = rlp.channel_groups(model, torch.randn(1, 3, 4, 4))
+    assert "split into pieces of fixed size" in groups.excluded["0"]
 
 
 class FunctionalLinear(nn.Linear):
@@ -546,3 +563,102 @@ def test_a_channel_norm_needs_one_weight_entry_per_channel():
     model = nn.Sequential(nn.Conv2d(3, 8, 3), SharedScale(), nn.Conv2d(8, 4, 1))
     groups = rlp.channel_groups(model, torch.randn(1, 3, 8, 8))
     assert list(groups) == [] and "whose weight does not hold one entry per channel" in groups.excluded["0"]
+
+
+class Scales(nn.Module):
+    """Res2Net's block: split into equal pieces of ``width``, each piece added to the previous piece's conv."""
+
+    def __init__(self, width=4, scale=3):
+        super().__init__()
+        self.width = width
+        self.conv1 = nn.Conv2d(3, width * scale, 1)
+        self.convs = nn.ModuleList(nn.Conv2d(width, width, 3, padding=1) for _ in range(scale - 1))
+        self.conv3 = nn.Conv2d(width * scale, 2, 1)
+
+    def forward(self, x):
+        pieces = torch.split(torch.relu(self.conv1(x)), self.width, 1)
+        out, sp = [], pieces[0]
+        for i, conv in enumerate(self.convs):
+            sp = torch.relu(conv(sp if i == 0 else sp + pieces[i]))
+            out.append(sp)
+        return self.conv3(torch.cat([*out, pieces[-1]], 1))
+
+
+def _candidates_match_the_slice(model, x, keep):
+    """Every way a search runs a candidate computes what the masked and sliced model does; returns the slice."""
+    groups = rlp.channel_groups(model, x)
+    outputs = {}
+    for mode in ("slice", "mask"):
+        evaluator = CandidateEvaluator(model, groups, x, norms="eval", mode=mode)
+        views = {mode: CandidateModel(evaluator, keep, keep_vectors(groups, keep))}
+        if mode == "slice" and evaluator.padded:
+            views["padded"] = evaluator.view(keep)
+        with evaluator.active(), torch.no_grad():
+            outputs.update({name: view(x) for name, view in views.items()})
+    rlp.apply_channel_masks(groups, keep)
+    small = rlp.slim(model, x)  # raises unless the sliced model computes what the masked one does
+    assert "padded" in outputs
+    for name, out in outputs.items():
+        torch.testing.assert_close(out, small(x), atol=1e-5, rtol=1e-4, msg=name)
+    return small
+
+
+def test_equal_pieces_of_a_size_attribute_are_pruned_alike_and_the_attribute_follows():
+    class Registered(Scales):  # registrations last: a class of this test's own leaves the others' tracer as it was
+        pass
+
+    torch.manual_seed(0)
+    model, x = Registered().eval(), torch.randn(2, 3, 6, 6)
+    assert "split into pieces of fixed size" in rlp.channel_groups(model, x).excluded["conv1"]
+    rlp.register_size_attribute(Registered, "width")
+    groups = rlp.channel_groups(model, x)
+    pieces = next(g for g in groups if "conv1" in names(g.producers))
+    assert pieces.size == 4 and names(pieces.producers) == {"conv1", "convs.0"}  # piece 1 meets convs.0
+    assert sorted(m.offset for m in pieces.members if m.name == "conv1") == [0, 4, 8]  # channel c of each piece
+    (size,) = groups.sizes
+    assert (size.owner, size.attribute, size.kind, size.counts) == ("", "width", "size", (4,))
+    keep = [torch.tensor([True, False, True, False]) if g is pieces else torch.ones(g.size, dtype=torch.bool)
+            for g in groups]  # fmt: skip
+    small = _candidates_match_the_slice(model, x, keep)
+    assert small.width == 2 and small.conv1.out_channels == 6 and model.width == 4  # the masked model keeps its own
+
+
+def test_a_bound_held_by_a_size_attribute_follows_the_channels_before_it():
+    class Registered(DualPath):
+        pass
+
+    torch.manual_seed(0)
+    model, x = Registered(3, 5).eval(), torch.randn(2, 3, 6, 6)
+    rlp.register_size_attribute(Registered, "prefix")
+    groups = rlp.channel_groups(model, x)
+    prefix = next(g for g in groups if "resid" in names(g.producers))
+    assert prefix.size == 5 and names(prefix.producers) == {"conv", "resid"} and "resid" not in groups.excluded
+    (size,) = groups.sizes
+    assert (size.attribute, size.kind, size.counts) == ("prefix", "bound", (5,))
+    keep = [torch.arange(g.size) % 2 == 0 for g in groups]
+    small = _candidates_match_the_slice(model, x, keep)
+    assert small.prefix == 3 and small.resid.out_channels == 3 and small.conv.out_channels == 6
+
+
+def test_a_size_attribute_that_does_not_hold_the_constant_changes_nothing():
+    class Elsewhere(DualPath):  # cuts at 3, while its prefix is 5
+        def __init__(self):
+            super().__init__(3, 5)
+            self.head = nn.Conv2d(11, 3, 1)
+
+        def forward(self, x):
+            out = self.conv(x)
+            return self.head(torch.cat([out[:, :3], out[:, 3:]], dim=1))
+
+    rlp.register_size_attribute(Elsewhere, "prefix")
+    groups = rlp.channel_groups(Elsewhere(), torch.randn(1, 3, 6, 6))
+    assert groups.sizes == () and "sliced at fixed positions" in groups.excluded["conv"]
+
+
+@pytest.mark.parametrize("module_type, attribute, error", [
+    (lambda x: x, "sizes", "module_type must be an nn.Module subclass"),
+    (nn.Conv2d, 3, "attribute must be a str"),
+])  # fmt: skip
+def test_register_size_attribute_refuses_bad_input(module_type, attribute, error):
+    with pytest.raises(TypeError, match=error):
+        rlp.register_size_attribute(module_type, attribute)

@@ -14,10 +14,11 @@ timm = pytest.importorskip("timm")
 # One small member of each family whose channels reach the tracer in another way: timm's norm-and-activation
 # layers (F.batch_norm called by the norm module), grouped convs, split / slice / cat, squeeze-excitation gates,
 # ConvNeXt's channels-last LayerNorm, Linear layers and layer scale, timm's Linear (F.linear), Conv2dSame (which
-# torch.fx cannot trace) and HGNet's learnable scalar shift after each norm (pruned channels carry it).
+# torch.fx cannot trace), HGNet's learnable scalar shift after each norm (pruned channels carry it), and the split
+# sizes and slice bounds that MixNet, Res2Net and DPN read from attributes (which slicing sets).
 FAMILIES = [
     "mobilenetv2_050", "regnetx_002", "ghostnet_050", "resnext26ts", "dpn68", "cspresnet50", "efficientnet_b0",
-    "convnext_atto", "lcnet_050", "tf_efficientnet_b0", "hgnetv2_b0",
+    "convnext_atto", "lcnet_050", "tf_efficientnet_b0", "hgnetv2_b0", "mixnet_s", "res2net50_14w_8s",
 ]  # fmt: skip
 
 

@@ -8,7 +8,7 @@ The data flows one way: a model is traced into channel groups (:func:`channel_gr
 import sys
 
 from . import channel_ops, criteria, data, lottery, metrics, models, search, training
-from .channel_ops import register_channel_op
+from .channel_ops import register_channel_op, register_size_attribute
 from .groups import ChannelGroup, ChannelGroups, Member, Role, channel_groups
 from .lottery import LotteryTicket, reinitialize, rewind
 from .masks import alive_channels, apply_channel_masks, effective_weight
@@ -43,6 +43,7 @@ __all__ = [
     "channel_groups",
     "channel_ops",
     "register_channel_op",
+    "register_size_attribute",
     "alive_channels",
     "apply_channel_masks",
     "effective_weight",

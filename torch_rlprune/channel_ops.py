@@ -15,6 +15,9 @@ This module is the one table of that knowledge for the ops that need no special 
 
 Convolutions, ``Linear``, ``flatten``, concatenation, ``split``/``chunk``, slicing and reductions are modelled by
 the tracer itself. Anything else is opaque: the channels that reach it are never pruned.
+
+A split size or slice bound is a constant of the model's code, which slicing cannot change, unless the code reads
+it from an attribute of its module: :func:`register_size_attribute` names that attribute, and slicing sets it.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
 from torchvision.ops import stochastic_depth
 
-__all__ = ["KINDS", "register_channel_op", "module_kind", "function_kind", "method_kind", "taken_whole", "generation"]
+__all__ = ["KINDS", "register_channel_op", "module_kind", "function_kind", "method_kind", "taken_whole", "generation",
+           "register_size_attribute", "size_attribute"]
 
 #: The kinds of op a user can register.
 KINDS = ("passthrough", "elementwise", "norm", "channel_norm")
@@ -54,6 +58,16 @@ _MODULES: dict[type, str] = {
 #: Module types of other packages, named ``"module.QualName"`` so that the package need not be imported: timm's
 #: global response norm (ConvNeXt V2) scales each channel by its share of a mean over the channels.
 _KNOWN_BY_NAME: dict[str, str] = {"timm.layers.grn.GlobalResponseNorm": "channel_norm"}
+
+#: The attribute that holds the channel counts a module's forward splits or slices its input by, per module type:
+#: users' (:func:`register_size_attribute`), and other packages' by ``"module.QualName"``: MixNet's mixed conv
+#: splits by ``splits``, Res2Net's block into pieces of ``width``, DPN's block at ``num_1x1_c``.
+_SIZES: dict[type, str] = {}
+_SIZES_BY_NAME: dict[str, str] = {
+    "timm.layers.mixed_conv2d.MixedConv2d": "splits",
+    "timm.models.res2net.Bottle2neck": "width",
+    "timm.models.dpn.DualPathBlock": "num_1x1_c",
+}
 
 # Module types registered by users, taken whole by the tracer (torch.nn's own are taken whole anyway).
 _REGISTERED: set[type] = set()
@@ -167,6 +181,72 @@ def taken_whole(module: nn.Module) -> bool:
     return isinstance(module, tuple(_REGISTERED)) or any(
         f"{cls.__module__}.{cls.__qualname__}" in _KNOWN_BY_NAME for cls in type(module).__mro__
     )
+
+
+def register_size_attribute(module_type: type, attribute: str) -> None:
+    r"""Tell :func:`torch_rlprune.channel_groups` that ``module_type``'s forward splits or slices its channels by
+    sizes held in ``attribute``, so that the pieces can be pruned and slicing updates the attribute.
+
+    Without this, a constant split size or slice bound keeps every channel before it (the code would cut at the
+    same index after slicing). With it, where the constant the forward uses equals the attribute:
+
+    * ``torch.split(x, self.sizes, 1)`` with a list: each piece is pruned on its own, and slicing sets the list
+      to the pieces' new counts;
+    * ``torch.split(x, self.size, 1)`` with an int, into equal pieces: the pieces are pruned alike (channel ``c``
+      of every piece together), and slicing sets the int to the new count of each;
+    * ``x[:, :self.bound]`` or ``x[:, self.bound:]``: slicing sets the int to the new count before the bound.
+
+    :func:`torch_rlprune.slim` checks the result as for any model.
+
+    Args:
+        module_type (type): a subclass of ``nn.Module`` (its subclasses share the attribute).
+        attribute (str): the attribute's name.
+
+    Raises:
+        TypeError: ``module_type`` is not an ``nn.Module`` subclass, or ``attribute`` not a string.
+
+    Example:
+        >>> import torch
+        >>> import torch.nn as nn
+        >>> import torch_rlprune as rlp
+        >>> class TwoKernels(nn.Module):  # MixNet's mixed convolution, in short
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.sizes = [6, 2]
+        ...         self.small = nn.Conv2d(6, 6, 3, padding=1, groups=6)
+        ...         self.large = nn.Conv2d(2, 2, 5, padding=2, groups=2)
+        ...     def forward(self, x):
+        ...         a, b = torch.split(x, self.sizes, 1)
+        ...         return torch.cat([self.small(a), self.large(b)], 1)
+        >>> model = nn.Sequential(nn.Conv2d(3, 8, 1), TwoKernels(), nn.Conv2d(8, 4, 1))
+        >>> x = torch.randn(1, 3, 8, 8)
+        >>> rlp.channel_groups(model, x).excluded["0"]
+        "is split into pieces of fixed size by function 'split'"
+        >>> rlp.register_size_attribute(TwoKernels, "sizes")
+        >>> groups = rlp.channel_groups(model, x)
+        >>> [g.size for g in groups]
+        [6, 2]
+        >>> rlp.apply_channel_masks(groups, [torch.arange(6) < 3, torch.tensor([True, False])])
+        >>> rlp.slim(model, x)[1].sizes
+        [3, 1]
+    """
+    global _generation
+    if not (isinstance(module_type, type) and issubclass(module_type, nn.Module)):
+        raise TypeError(f"register_size_attribute: module_type must be an nn.Module subclass, got {module_type!r}.")
+    if not isinstance(attribute, str):
+        raise TypeError(f"register_size_attribute: attribute must be a str, got {type(attribute).__name__}.")
+    _generation += 1
+    _SIZES[module_type] = attribute
+
+
+def size_attribute(module: nn.Module) -> str | None:
+    """The attribute holding the channel counts ``module`` splits or slices by (see
+    :func:`register_size_attribute`), or ``None``."""
+    for cls in type(module).__mro__:
+        attribute = _SIZES.get(cls) or _SIZES_BY_NAME.get(f"{cls.__module__}.{cls.__qualname__}")
+        if attribute is not None:
+            return attribute
+    return None
 
 
 def function_kind(function: object) -> str | None:

@@ -47,7 +47,7 @@ from ._inputs import ExampleInputs, as_input_tuple
 from ._spaces import Spaces
 from ._state import hook_tensors_kept, preserved_state
 
-__all__ = ["Role", "Member", "ChannelGroup", "ChannelGroups", "channel_groups", "CONV_TYPES"]
+__all__ = ["Role", "Member", "ChannelGroup", "ChannelGroups", "SizeAttribute", "channel_groups", "CONV_TYPES"]
 
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -135,10 +135,11 @@ class ChannelGroup:
 
     @property
     def name(self) -> str:
-        """The first producer's name, with the number of coupled producers when there are several."""
-        producers = self.producers
-        extra = f" (+{len(producers) - 1} coupled)" if len(producers) > 1 else ""
-        return producers[0].name + extra
+        """The first producer's name, with the number of coupled producers when there are several (a producer
+        whose output is cut into pieces pruned alike, as by ``chunk``, counts once)."""
+        names = dict.fromkeys(m.name for m in self.producers)
+        extra = f" (+{len(names) - 1} coupled)" if len(names) > 1 else ""
+        return next(iter(names)) + extra
 
     def _with(self, role: Role) -> tuple[Member, ...]:
         return tuple(m for m in self.members if m.role is role)
@@ -169,17 +170,70 @@ class ChannelGroup:
         return f"ChannelGroup({self.name!r}, size={self.size}, {counts})"
 
 
+@dataclass(frozen=True)
+class SizeAttribute:
+    """A module attribute that holds channel counts the module's forward splits or slices by (see
+    :func:`torch_rlprune.register_size_attribute`), and the groups whose channels it counts.
+
+    Attributes:
+        owner (str): the module's name.
+        module (torch.nn.Module): the module.
+        attribute (str): the attribute's name.
+        kind (str): ``"sizes"`` (a list of piece sizes), ``"size"`` (the size of every one of equal pieces) or
+            ``"bound"`` (the count before a slice bound).
+        counts (tuple of int): the counts it holds now, one per piece (one for ``"size"`` and ``"bound"``).
+        spans (tuple): ``(piece, group, offset, expand)``: channel ``c`` of ``group`` is entry ``offset + c *
+            expand`` of that piece.
+    """
+
+    owner: str
+    module: nn.Module = field(compare=False, repr=False)
+    attribute: str
+    kind: str
+    counts: tuple[int, ...]
+    spans: tuple[tuple[int, ChannelGroup, int, int], ...] = field(repr=False)
+
+    def value(self, keep: dict[int, torch.Tensor]) -> int | list[int] | tuple[int, ...]:
+        """What the attribute holds once the groups are cut to ``keep``.
+
+        Args:
+            keep (dict): boolean keep masks by ``id`` of their group; a group not in it keeps every channel.
+
+        Returns:
+            The counts in the form the attribute had: a list or tuple for ``"sizes"``, an int otherwise.
+        """
+        counts = list(self.counts)
+        for piece, group, _, expand in self.spans:
+            kept = keep.get(id(group))
+            if kept is not None:
+                counts[piece] -= expand * int((~kept.cpu()).sum())
+        if self.kind != "sizes":
+            return counts[0]
+        return counts if isinstance(getattr(self.module, self.attribute), list) else tuple(counts)
+
+
 class ChannelGroups(Sequence[ChannelGroup]):
     """The prunable channel groups of a model, in graph order, and the convolutions that are excluded.
 
     Attributes:
         excluded (dict[str, str]): name of every convolution whose output channels cannot be pruned, with the
             reason (for example ``"reaches the network output"`` or ``"feeds grouped convolution 'conv2'"``).
+        sizes (tuple of SizeAttribute): the module attributes that count channels of the groups and that slicing
+            sets (see :func:`torch_rlprune.register_size_attribute`).
     """
 
-    def __init__(self, groups: Iterable[ChannelGroup], excluded: dict[str, str]) -> None:
+    def __init__(
+        self, groups: Iterable[ChannelGroup], excluded: dict[str, str], sizes: Iterable[SizeAttribute] = ()
+    ) -> None:
         self._groups = tuple(groups)
         self.excluded = dict(excluded)
+        self.sizes = tuple(sizes)
+
+    def size_values(self, keep: Sequence[torch.Tensor]) -> list[tuple[nn.Module, str, Any]]:
+        """``(module, attribute, value)`` for every attribute of :attr:`sizes` once the groups are cut to ``keep``
+        (one boolean mask per group, in order)."""
+        by_group = {id(g): k for g, k in zip(self, keep)}
+        return [(s.module, s.attribute, s.value(by_group)) for s in self.sizes]
 
     def __getitem__(self, index):  # type: ignore[override]
         return self._groups[index]
@@ -218,6 +272,18 @@ class _Segment(NamedTuple):
 
 
 _Layout = tuple[_Segment, ...]
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """A stand-in member of a space while tracing: channel ``c`` is entry ``offset + c * expand`` of piece
+    ``index`` of what attribute ``attribute`` of module ``owner`` counts (``Spaces`` rewrites offset and expand)."""
+
+    owner: str
+    attribute: str
+    index: int
+    offset: int = 0
+    expand: int = 1
 
 
 _CAT_FUNCTIONS = {torch.cat, torch.concat, torch.concatenate}
@@ -286,6 +352,8 @@ class _GroupBuilder:
         self.cdim: dict[fx.Node, int] = {}
         # Stored tensors (and views of them) with one dimension longer than 1: possibly a per-channel vector.
         self.stored: dict[fx.Node, str] = {}
+        # Per (owner, attribute) that holds split sizes or a bound: its kind, its value, and the pieces it counts.
+        self.bindings: dict[tuple[str, str], tuple[str, Any, list[_Layout]]] = {}
 
     def dim_of(self, node: fx.Node) -> int:
         return self.cdim.get(node, 1)
@@ -463,11 +531,47 @@ class _GroupBuilder:
             return self.unify(layouts, f"meets another channel layout in {_op_name(node, self.modules)}")  # type: ignore[arg-type]
         return tuple(seg for layout in layouts for seg in layout)  # type: ignore[union-attr]
 
+    def owner_attribute(self, node: fx.Node, constant: Any) -> tuple[str, str, Any] | None:
+        """``(owner, attribute, value)`` where the module whose forward runs ``node`` has a size attribute (see
+        :func:`torch_rlprune.register_size_attribute`) that holds ``constant``."""
+        stack = node.meta.get("nn_module_stack") or {}
+        owner = next(reversed(stack.values()))[0] if stack else ""  # "": the model's own forward
+        module = self.modules.get(owner) if isinstance(owner, str) else None
+        attribute = channel_ops.size_attribute(module) if module is not None else None
+        value = getattr(module, attribute, None) if attribute is not None else None
+        if isinstance(value, (list, tuple)) and isinstance(constant, (list, tuple)) and list(value) == list(constant):
+            return owner, attribute, value  # type: ignore[return-value]
+        if type(value) is int and type(constant) is int and value == constant:
+            return owner, attribute, value  # type: ignore[return-value]
+        return None
+
+    def bind(self, found: tuple[str, str, Any], kind: str, parts: list[_Layout], why: str) -> None:
+        """Let slicing set the attribute ``found`` names to the kept counts of ``parts`` (the pieces it counts).
+
+        Another use of the same attribute must count as many channels: its pieces are joined with the first's.
+        """
+        owner, attribute, value = found
+        if (owner, attribute) in self.bindings:
+            first_kind, _, first_parts = self.bindings[owner, attribute]
+            if first_kind != kind or len(first_parts) != len(parts):
+                for part in (*first_parts, *parts):
+                    self.fix(part, why)
+            for first, part in zip(first_parts, parts):
+                self.unify([first, part], why)
+            return
+        self.bindings[owner, attribute] = (kind, value, parts)
+        for index, part in enumerate(parts):
+            part = self.resolve(part)
+            for seg, offset in zip(part, _bounds(part)):
+                self.spaces.add(seg.space, len(self.layouts), _Piece(owner, attribute, index, offset, seg.expand))
+
     def split(self, node: fx.Node) -> None:
         """``split``/``chunk``: remember each piece's layout for the ``getitem`` that picks it.
 
         The sizes are constants of the model's code, which slicing does not change: the pieces keep their sizes,
-        except the last one of ``split(x, size)``, which takes whatever is left.
+        except the last one of ``split(x, size)``, which takes whatever is left. Where the sizes come from a size
+        attribute of the module, slicing sets it instead; equal pieces (``chunk``, or ``split`` by such an
+        attribute) are then pruned alike, channel ``c`` of every piece together, so that they stay equal.
         """
         src = self.single_input(node)
         shapes = _piece_shapes(node)
@@ -484,17 +588,27 @@ class _GroupBuilder:
         if parts is None:
             self.unknown(node, f"is split by {_op_name(node, self.modules)} inside a unit that must stay whole")
             return None
-        last_may_shrink = node.target in (torch.split, "split") and isinstance(size, int)
         why = f"is split into pieces of fixed size by {_op_name(node, self.modules)}"
-        for part in parts[:-1] if last_may_shrink else parts:
-            self.fix(part, why)
+        found = self.owner_attribute(node, size) if node.target in (torch.split, "split") else None
+        equal = len({_extent(part) for part in parts}) == 1
+        if found is not None and isinstance(size, (list, tuple)):
+            self.bind(found, "sizes", parts, why)
+        elif equal and len(parts) > 1 and (found is not None or node.target in (torch.chunk, "chunk")):
+            self.unify(parts, why)
+            parts = [self.resolve(part) for part in parts]
+            if found is not None:
+                self.bind(found, "size", parts[:1], why)
+        else:
+            last_may_shrink = node.target in (torch.split, "split") and isinstance(size, int)
+            for part in parts[:-1] if last_may_shrink else parts:
+                self.fix(part, why)
         self.pieces[node] = parts
         return None
 
     def getitem(self, node: fx.Node) -> _Layout | None:
         source, index = node.args[0], node.args[1] if len(node.args) > 1 else None
-        if source in self.pieces:
-            return self.pieces[source][index]  # run() has fixed the pieces where the index is not an int
+        if source in self.pieces:  # run() has fixed the pieces where the index is not an int: a tuple again
+            return self.pieces[source][index] if isinstance(index, int) else None
         layout, in_shape, out = self.layout_of(source), _shape(source), _shape(node)
         if layout is None:
             return None if out is None else self.fresh(node, f"is computed by {_op_name(node, self.modules)}")
@@ -518,11 +632,18 @@ class _GroupBuilder:
         if parts is None:
             return self.unknown(node, f"is sliced by {_op_name(node, self.modules)} inside a unit that must stay whole")
         # The bounds are constants of the model's code: channels before a bound that is not the end must stay
-        # for the slice to pick the same ones.
+        # for the slice to pick the same ones, unless the bound is a size attribute of the module, which slicing
+        # then sets.
         layout = self.resolve(layout)
         fixed_until = stop if stop < in_shape[1] else start
-        self.fix(tuple(seg for seg, s in zip(layout, _bounds(layout)) if s < fixed_until),
-                 f"is sliced at fixed positions by {_op_name(node, self.modules)}")  # fmt: skip
+        before = tuple(seg for seg, s in zip(layout, _bounds(layout)) if s < fixed_until)
+        why = f"is sliced at fixed positions by {_op_name(node, self.modules)}"
+        found = self.owner_attribute(node, fixed_until) if start == 0 or stop == in_shape[1] else None
+        if found is not None:
+            self.bind(found, "bound", [before], why)
+        else:
+            self.fix(before, why)
+        layout = self.resolve(layout)
         return tuple(seg for seg, s in zip(layout, _bounds(layout)) if start <= s < stop)
 
     def flatten(self, node: fx.Node, start: int, end: int) -> _Layout | None:
@@ -797,8 +918,9 @@ class _GroupBuilder:
         rank = {Role.PRODUCER: 0, Role.TIED: 1, Role.NORM: 2, Role.SCALE: 3, Role.CONSUMER: 4}
         groups: list[tuple[int, ChannelGroup]] = []
         excluded: dict[str, str] = {}
+        spans: dict[tuple[str, str], list[tuple[int, ChannelGroup, int, int]]] = {}
         for root in spaces.roots():
-            members = spaces.members[root]
+            members = [(order, m) for order, m in spaces.members[root] if isinstance(m, Member)]
             if spaces.why_fixed[root] is not None:
                 for _, m in members:
                     if m.role in (Role.PRODUCER, Role.TIED) and isinstance(m.module, CONV_TYPES):
@@ -806,9 +928,20 @@ class _GroupBuilder:
                 continue
             ordered = sorted(members, key=lambda om: (rank[om[1].role], om[0]))
             first = min(order for order, m in members if m.role is Role.PRODUCER)
-            groups.append((first, ChannelGroup(spaces.size[root], tuple(m for _, m in ordered))))
+            group = ChannelGroup(spaces.size[root], tuple(m for _, m in ordered))
+            groups.append((first, group))
+            for _, piece in spaces.members[root]:
+                if isinstance(piece, _Piece):
+                    spans.setdefault((piece.owner, piece.attribute), []).append(
+                        (piece.index, group, piece.offset, piece.expand)
+                    )
         groups.sort(key=lambda og: og[0])
-        return ChannelGroups((g for _, g in groups), excluded)
+        sizes = [
+            SizeAttribute(owner, self.modules[owner], attribute, kind,
+                          tuple(value) if kind == "sizes" else (value,), tuple(spans.get((owner, attribute), ())))
+            for (owner, attribute), (kind, value, _) in self.bindings.items()
+        ]  # fmt: skip
+        return ChannelGroups((g for _, g in groups), excluded, sizes)
 
 
 class _Tracer(fx.Tracer):

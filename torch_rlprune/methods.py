@@ -298,7 +298,8 @@ def global_structured(
         raise TypeError(f"{_CALLER}: groups must be the ChannelGroups returned by channel_groups().")
 
     listed = {id(m) for m, _ in pairs}
-    chosen = [g for g in groups if any(id(m.module) in listed for m in g.filters)]
+    chosen = ChannelGroups([g for g in groups if any(id(m.module) in listed for m in g.filters)], groups.excluded,
+                           groups.sizes)  # fmt: skip
     covered = {id(m.module) for g in chosen for m in g.filters}
     name_of = {id(m): n for n, m in model.named_modules()}
     skipped = [f"'{name_of[id(m)]}' ({groups.excluded.get(name_of[id(m)], 'not reached by the traced forward')})"
@@ -333,7 +334,7 @@ def global_structured(
         return method.result
     if criterion is not None:
         # A criterion that prunes as it scores (SynFlow) works on the chosen groups and their budget only.
-        context = {"example_inputs": example_inputs, "groups": ChannelGroups(chosen, groups.excluded),
+        context = {"example_inputs": example_inputs, "groups": chosen,
                    "amount": n_prune, "min_keep": min_keep}  # fmt: skip
         accepted = inspect.signature(criterion).parameters
         call_kwargs = {k: v for k, v in context.items() if k in accepted} | kwargs

@@ -526,6 +526,9 @@ def slim(
     vectors = {(target[name_of[id(m)]], dim): v for (m, dim), v in kept.items() if not v.all()}
     tied = {target[m.name] for g in groups for m in g.tied}
     apply_slices(vectors, tied)
+    sizes = groups.size_values(keeps) if isinstance(groups, ChannelGroups) else []
+    for module, attribute, value in sizes:  # split sizes and bounds the forward reads
+        setattr(target[name_of[id(module)]], attribute, value)
 
     if verify:
         out_keep = {name_of[id(m)]: v for (m, dim), v in kept.items() if dim == 0}

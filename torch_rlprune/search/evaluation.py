@@ -43,7 +43,7 @@ from .. import metrics
 from ..metrics import ModelStats
 from .._inputs import ExampleInputs, as_input_tuple, device_of
 from .._state import preserved_state, pruning_hooks
-from ..groups import ChannelGroup, groups_kept
+from ..groups import ChannelGroup, ChannelGroups, groups_kept
 from ..masks import KeepVectors, keep_vectors, on_kept_channels
 from ..slicing import cut_along_channels, sliced_tensors
 
@@ -103,12 +103,15 @@ class CandidateModel(nn.Module):
         self._live: dict[str, torch.Tensor] = {}
         #: what the forward pass runs: the vectors ``patched`` sets tied convs by and the substituted tensors
         self._run_vectors: KeepVectors = {}
+        #: the keep masks the forward pass runs (padded ones for a padded view), which size attributes follow
+        self._run_keep = self.keep
         if evaluator.mode == "mask":  # one copy to the device for all vectors, not one per tensor they scale
             flat = torch.cat([v.reshape(-1) for v in vectors.values()]).to(evaluator.device) if vectors else None
             parts = flat.split([v.numel() for v in vectors.values()]) if flat is not None else ()
             self._run_vectors, self._tensors = vectors, self._named(zeroed_tensors, dict(zip(vectors, parts)))
         elif padded:
-            selected = keep_vectors(evaluator.groups, evaluator._padding(keep))
+            self._run_keep = evaluator._padding(keep)
+            selected = keep_vectors(evaluator.groups, self._run_keep)
             # which of the channels the padded view runs are the candidate's
             self._kept_in_run = {key: vectors[key][selected[key]] for key in vectors}
 
@@ -158,7 +161,7 @@ class CandidateModel(nn.Module):
         # Unpadded sliced views on the CPU bring oneDNN a new shape each: it would keep a kernel for every one.
         exact_on_cpu = self._evaluator.mode == "slice" and not self._padded and self._evaluator.device.type == "cpu"
         tensors = {**self._tensors, **{name: self._resized(name, t, pad=True) for name, t in self._live.items()}}
-        with self._evaluator.patched(self._run_vectors), _onednn_off(exact_on_cpu):
+        with self._evaluator.patched(self._run_vectors, self._run_keep), _onednn_off(exact_on_cpu):
             return functional_call(self.model, tensors, args, kwargs, strict=False)
 
     @property
@@ -333,6 +336,7 @@ class CandidateEvaluator:
         self.norms = norms
         self.names = {m: n for n, m in model.named_modules()}
         self._tied = {m.module for g in self.groups for m in g.tied}
+        self._sizes = groups.sizes if isinstance(groups, ChannelGroups) else ()
         #: norms over the channels, and the dim of their input that holds them
         self._normalizing = {m.module: m.normalizes for g in self.groups for m in g.norms if m.normalizes is not None}
         self._hooked = pruning_hooks(model)
@@ -408,10 +412,11 @@ class CandidateEvaluator:
         return self.stats(vectors).macs_kept
 
     @contextlib.contextmanager
-    def patched(self, vectors: KeepVectors) -> Iterator[None]:
-        """Set the ``groups`` of tied depthwise convs, and the ``normalized_shape`` of LayerNorms over the
-        channels, to the channels ``vectors`` keep (``"slice"``), or make norms over the channels compute over the
-        kept ones only (``"mask"``); restore the model on exit.
+    def patched(self, vectors: KeepVectors, keep: Sequence[torch.Tensor] = ()) -> Iterator[None]:
+        """Set the ``groups`` of tied depthwise convs, the ``normalized_shape`` of LayerNorms over the channels and
+        the modules' size attributes (split sizes, slice bounds) to the channels ``vectors`` and ``keep`` (one mask
+        per group) keep (``"slice"``), or make norms over the channels compute over the kept ones only
+        (``"mask"``); restore the model on exit.
 
         Also restores the tensors that pruning hooks recompute: inside the call a hook sets ``<name>`` to the
         candidate's sliced tensor, which must not outlive the call.
@@ -430,6 +435,10 @@ class CandidateEvaluator:
             if (conv, 0) in vectors:
                 saved.append((conv, "groups", conv.groups))
                 conv.groups = groups_kept(conv, int(vectors[conv, 0].sum()))
+        by_group = {id(g): k for g, k in zip(self.groups, keep)}
+        for size in self._sizes if self.mode == "slice" and by_group else ():
+            saved.append((size.module, size.attribute, getattr(size.module, size.attribute)))
+            setattr(size.module, size.attribute, size.value(by_group))
         hooked = [(module, name, module.__dict__.get(name)) for module, name in self._hooked]
         try:
             yield
