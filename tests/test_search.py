@@ -594,3 +594,45 @@ def test_masked_candidates_normalise_over_their_kept_channels_only():
     torch.testing.assert_close(masked, sliced, atol=1e-5, rtol=1e-4)  # the zeroed channels left out of the norm
 
 
+def _candidate_in_both_modes(model, groups, x, keep):
+    outputs = []
+    for mode in ("slice", "mask"):
+        evaluator = CandidateEvaluator(model, groups, x[:1], norms="eval", mode=mode)
+        with evaluator.active(), torch.no_grad():
+            outputs.append(CandidateModel(evaluator, keep, keep_vectors(groups, keep))(x))
+    return outputs
+
+
+def test_a_layernorm_without_bias_over_masked_channels_runs_once_on_the_kept_ones():
+    torch.manual_seed(0)
+    model = ChannelsLastNorm().eval()
+    model.norm = nn.LayerNorm(16, bias=False)
+    with torch.no_grad():
+        model.norm.weight.uniform_(0.5, 1.5)
+    x = torch.randn(4, 3, 12, 12)
+    groups = rlp.channel_groups(model, x[:1])
+    keep = [torch.arange(16) % 3 != 1] * 2
+    sliced, masked = _candidate_in_both_modes(model, groups, x, keep)
+    torch.testing.assert_close(masked, sliced, atol=1e-5, rtol=1e-4)
+    rlp.apply_channel_masks(groups, keep)
+    calls = []
+    model.norm.register_full_backward_hook(lambda module, grad_in, grad_out: calls.append(module))
+    model(x).sum().backward()
+    assert calls == [model.norm]  # the computation over the kept channels is not a call of its own
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), rlp.slim(model, x[:1])(x), atol=1e-5, rtol=1e-4)
+
+
+def test_a_masked_candidate_on_a_masked_model_leaves_out_the_channels_already_pruned():
+    torch.manual_seed(0)
+    model = ChannelsLastNorm().eval()
+    with torch.no_grad():
+        model.norm.weight.uniform_(0.5, 1.5)
+    x = torch.randn(4, 3, 12, 12)
+    groups = rlp.channel_groups(model, x[:1])
+    rlp.apply_channel_masks(groups, [torch.arange(16) % 3 != 1] * 2)
+    keep = [torch.arange(16) % 4 != 0] * 2  # keeps some channels the masks pruned: they stay pruned
+    sliced, masked = _candidate_in_both_modes(model, groups, x, keep)
+    torch.testing.assert_close(masked, sliced, atol=1e-5, rtol=1e-4)
+
+

@@ -111,10 +111,10 @@ def register_channel_op(op: Op, kind: str) -> None:
             per-channel state), ``"elementwise"`` (its tensor inputs meet channel by channel), or, for a module
             type, ``"norm"`` (``weight``, ``bias`` and running statistics are per channel, and every channel is
             normalised on its own; slicing cuts those tensors and ``num_features`` where the module has it) or
-            ``"channel_norm"`` (``weight`` and ``bias`` are per channel, and the output also depends on
-            statistics over the channels, at whatever dim the module's input holds them: the masked model then
-            runs the module on the kept channels alone, as the sliced one does; the module must take its channel
-            count from its input and tensors, as ConvNeXt V2's global response norm does).
+            ``"channel_norm"`` (``weight``, and ``bias`` where it has one, are per channel, and the output also
+            depends on statistics over the channels, at whatever dim the module's input holds them: the masked
+            model then runs the module on the kept channels alone, as the sliced one does; the module must take
+            its channel count from its input and tensors, as ConvNeXt V2's global response norm does).
 
     Raises:
         ValueError: an unknown ``kind``, or ``"norm"`` or ``"channel_norm"`` for something else than a module type.

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import functools
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -162,16 +161,16 @@ def on_kept_channels(module: nn.Module, x: torch.Tensor, output: torch.Tensor, k
     from .slicing import cut_along_channels  # slicing builds on this module
 
     rows = kept.nonzero().reshape(-1).to(x.device)
-    twin = copy.copy(module)  # shares every attribute but those replaced below
-    twin.__dict__.update(_parameters={}, _buffers={}, _forward_hooks=OrderedDict(), _forward_pre_hooks=OrderedDict())
-    own = (*module.named_parameters(recurse=False), *module.named_buffers(recurse=False))
-    for name in {n.removesuffix("_orig").removesuffix("_mask") for n, _ in own}:
-        tensor = effective_weight(module, name)
-        twin.__dict__[name] = tensor.index_select(0, rows) if cut_along_channels(name, tensor) else tensor
+    twin = copy.copy(module)  # shares every attribute but the tensors, replaced below
+    twin.__dict__.update(_parameters={}, _buffers={})
+    for name in {n.removesuffix("_orig").removesuffix("_mask") for n in (*module._parameters, *module._buffers)}:
+        tensor = effective_weight(module, name)  # None for a LayerNorm without bias
+        cut = tensor is not None and cut_along_channels(name, tensor)
+        twin.__dict__[name] = tensor.index_select(0, rows) if cut else tensor
     layer = layer_of(twin)
     if layer is not None:
         layer.follow(twin, False)  # a LayerNorm's normalized_shape
-    normed = twin(x.index_select(dim, rows))
+    normed = twin.forward(x.index_select(dim, rows))  # not twin(...): the module's hooks saw the real call
     return torch.zeros_like(output).index_copy(dim, rows, normed.to(output.dtype))
 
 

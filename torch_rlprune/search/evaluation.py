@@ -23,7 +23,9 @@ agree wherever a pruned channel outputs zero, as it does when its filter, bias a
 where it would output a constant (an activation with ``f(0) != 0`` such as a sigmoid, a norm without affine
 parameters in eval mode), the masked model differs by that constant, which :func:`torch_rlprune.slim` folds into
 the consumers. Nothing of the model is modified, except (with ``"slice"``) the ``groups`` count of tied depthwise
-convs, which is set for the duration of the call and restored.
+convs, which is set for the duration of the call and restored, as are the modules' size attributes (split sizes
+and slice bounds, :func:`torch_rlprune.register_size_attribute`) and, with ``"mask"``, forward hooks that make norms
+over the channels compute over the kept ones only.
 """
 
 from __future__ import annotations
@@ -228,8 +230,12 @@ class CandidateModel(nn.Module):
 
 
 def _on_kept(module: nn.Module, args: tuple[Any, ...], output: torch.Tensor, kept: torch.Tensor, dim: int) -> Any:
-    """Forward hook of a masked candidate's norm over the channels: what the sliced norm computes."""
-    return on_kept_channels(module, args[0], output, kept, dim)
+    """Forward hook of a masked candidate's norm over the channels: what the sliced norm computes (over the
+    channels the candidate keeps and the model's own masks have not pruned)."""
+    mask = getattr(module, "weight_mask", None)
+    if mask is not None:
+        kept = kept.to(mask.device) & mask.ne(0)
+    return None if bool(kept.all()) else on_kept_channels(module, args[0], output, kept, dim)
 
 
 def zeroed_tensors(
