@@ -57,7 +57,11 @@ def test_timm_global_response_norm_is_a_channel_norm_without_registering(one_thr
     x = torch.randn(2, 3, 64, 64)
     groups = rlp.channel_groups(model, x)
     assert _share_prunable(model, groups) == 1.0, groups.excluded
-    assert grns and grns == {m.name for g in groups for m in g.norms if m.name in grns and m.normalizes == 1}  # NCHW here
+    normalising = {m.name for g in groups for m in g.norms if m.name in grns and m.normalizes == 1}  # NCHW here
+    assert grns and grns == normalising
+    # A GRN's weight scales a term added to the channel, not the channel: bn_scale does not rank by it.
+    ranked = {n for n, m in model.named_modules() if (m, "weight") in rlp.criteria.bn_scale(model, x, groups=groups)}
+    assert ranked and not any(name.endswith("mlp.fc1") for name in ranked)
     rlp.global_structured(conv_pairs(model), prune.LnStructured, n=1, amount=0.5, model=model, example_inputs=x,
                           groups=groups)  # fmt: skip
     rlp.slim(model, x, groups=groups)  # raises unless the sliced model computes what the masked one does

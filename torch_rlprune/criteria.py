@@ -29,10 +29,12 @@ from torch.nn.utils import prune
 
 from ._inputs import ExampleInputs, as_input_tuple, check_device
 from ._state import preserved_state
+from . import channel_ops
 from .groups import (
     CONV_TYPES,
     ChannelGroup,
     ChannelGroups,
+    Member,
     channel_groups,
     check_groups_of,
 )
@@ -40,7 +42,7 @@ from .masks import alive_channels, effective_weight
 from .selection import channels_to_prune, min_keep_counts, select_channels
 
 __all__ = ["l1", "l2", "random", "bn_scale", "bn_output", "snip", "synflow", "same_sign", "CRITERIA", "get",
-           "group_gamma"]
+           "group_gamma", "scaling_norms"]
 
 Scores = dict[tuple[nn.Module, str], torch.Tensor]
 
@@ -243,8 +245,23 @@ def random(model: nn.Module, *, seed: int | None = None) -> Scores:
 # --------------------------------------------------------------------------------------------------------------
 
 
+def scaling_norms(group: ChannelGroup) -> tuple[Member, ...]:
+    """The norms of ``group`` whose weight scales each channel, so that a weight of zero silences it: batch,
+    instance and layer norms, not a ``"channel_norm"`` module such as ConvNeXt V2's global response norm, whose
+    weight scales a term added to the channel.
+
+    Args:
+        group (ChannelGroup): a channel group.
+
+    Returns:
+        tuple of Member: those norm members, in the group's order.
+    """
+    return tuple(m for m in group.norms if channel_ops.module_kind(m.module) != "channel_norm")
+
+
 def group_gamma(group: ChannelGroup, spread: bool = False) -> torch.Tensor:
-    r"""Per channel of ``group``, the summed :math:`|\gamma|` of its norms (what :func:`bn_scale` ranks by).
+    r"""Per channel of ``group``, the summed :math:`|\gamma|` of its :func:`scaling_norms` (what :func:`bn_scale`
+    ranks by).
 
     Args:
         group (ChannelGroup): a channel group; a norm without an affine weight scales by 1.
@@ -264,7 +281,7 @@ def group_gamma(group: ChannelGroup, spread: bool = False) -> torch.Tensor:
         [1.0, 1.0, 1.0]
     """
     total = torch.zeros(group.size)
-    for member in group.norms:
+    for member in scaling_norms(group):
         gamma = effective_weight(member.module, "weight")
         scale = torch.ones(member.module.num_features) if gamma is None else gamma.detach().abs().float().cpu()
         variance = getattr(member.module, "running_var", None)
@@ -369,7 +386,7 @@ def _batch_norm_scores(
 ) -> Scores:
     convs = _named_convs(model, name)
     groups = _resolve_groups(model, example_inputs, groups, name)
-    normed = [g for g in groups if g.norms]
+    normed = [g for g in groups if scaling_norms(g)]
     values, covered = _spread(normed, [group_gamma(g, spread) / len(g.filters) for g in normed])
     scores = {
         (conv, "weight"): values[conv].to(conv.weight.device)

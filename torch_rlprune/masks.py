@@ -23,7 +23,8 @@ from torch.nn.utils import prune
 from .groups import ChannelGroup, Member, Role
 from .layers import layer_of
 
-__all__ = ["effective_weight", "on_kept_channels", "alive_channels", "apply_channel_masks", "masked_tensors", "keep_vectors", "KeepVectors"]
+__all__ = ["effective_weight", "on_kept_channels", "alive_channels", "apply_channel_masks", "masked_tensors",
+           "keep_vectors", "KeepVectors"]
 
 #: For each (module, dim) that a channel group indexes, which entries along that dim survive.
 KeepVectors = dict[tuple[nn.Module, int], torch.Tensor]
@@ -134,7 +135,9 @@ def _normalize_kept(module: nn.Module, args: tuple[torch.Tensor, ...], output: t
     return on_kept_channels(module, x, output, mask.ne(0), dim)
 
 
-def on_kept_channels(module: nn.Module, x: torch.Tensor, output: torch.Tensor, kept: torch.Tensor, dim: int) -> torch.Tensor:
+def on_kept_channels(
+    module: nn.Module, x: torch.Tensor, output: torch.Tensor, kept: torch.Tensor, dim: int
+) -> torch.Tensor:
     """What the sliced ``module`` computes from the ``kept`` channels of its input ``x``, with zeros for the others.
 
     The module itself runs on the kept channels, with its per-channel tensors (as they are now, masks applied)

@@ -150,7 +150,9 @@ def filter_features(
         alive = alive_channels(group)
         columns = [
             _relative(_group_sum(group, magnitude, "the L1 criterion"), alive),
-            _relative(criteria.group_gamma(group).double(), alive) if group.norms else torch.ones(group.size, dtype=torch.float64),
+            _relative(criteria.group_gamma(group).double(), alive)
+            if criteria.scaling_norms(group)
+            else torch.ones(group.size, dtype=torch.float64),
             torch.full((group.size,), index / last, dtype=torch.float64),
             torch.full((group.size,), group.size / largest, dtype=torch.float64),
             torch.full((group.size,), math.log1p(group.size) / math.log1p(largest), dtype=torch.float64),
