@@ -662,3 +662,85 @@ def test_a_size_attribute_that_does_not_hold_the_constant_changes_nothing():
 def test_register_size_attribute_refuses_bad_input(module_type, attribute, error):
     with pytest.raises(TypeError, match=error):
         rlp.register_size_attribute(module_type, attribute)
+
+
+class TwoReads(nn.Module):
+    """A bound read twice: once where slicing can follow it, once on a tensor that has exactly that many channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.bound = 4
+        self.p, self.q = nn.Conv2d(3, 8, 1), nn.Conv2d(3, 4, 1)
+        self.u, self.v = nn.Conv2d(4, 2, 1), nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        return self.u(self.p(x)[:, : self.bound]) + self.v(self.q(x)[:, : self.bound])
+
+
+def test_a_size_attribute_also_read_where_slicing_cannot_follow_keeps_its_channels():
+    class Registered(TwoReads):
+        pass
+
+    rlp.register_size_attribute(Registered, "bound")
+    model, x = Registered().eval(), torch.randn(2, 3, 4, 4)
+    groups = rlp.channel_groups(model, x)
+    assert groups.sizes == () and "attribute 'bound' of the model, which function 'getitem' also reads" in (
+        groups.excluded["p"]
+    )
+    _prune_and_slim(model, x)  # q's channels are pruned, p's first four stay: the attribute keeps its value
+
+
+def test_a_slice_counted_from_the_end_keeps_its_channels():
+    class Tail(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.head = nn.Conv2d(3, 8, 1), nn.Conv2d(4, 2, 1)
+
+        def forward(self, x):
+            return self.head(self.conv(x)[:, -4:])
+
+    model, x = Tail().eval(), torch.randn(2, 3, 4, 4)
+    groups = rlp.channel_groups(model, x)
+    assert list(groups) == [] and "getitem" in groups.excluded["conv"]
+
+
+def test_plain_sequences_of_groups_are_refused_where_size_attributes_would_be_lost():
+    class Registered(Scales):
+        pass
+
+    rlp.register_size_attribute(Registered, "width")
+    model, x = Registered().eval(), torch.randn(2, 3, 6, 6)
+    groups = rlp.channel_groups(model, x)
+    assert groups[:1].sizes == groups.sizes != ()  # a slice of ChannelGroups keeps them
+    with pytest.raises(ValueError, match="not a plain sequence"):
+        CandidateEvaluator(model, list(groups), x)
+    rlp.apply_channel_masks(groups, [torch.arange(g.size) < 2 for g in groups])
+    with pytest.raises(ValueError, match="not a plain sequence"):
+        rlp.slim(model, x, groups=list(groups))
+
+
+def test_layer_by_layer_masks_on_a_conv_cut_into_pieces_pruned_alike_are_refused_clearly():
+    model, x = Shuffle().eval(), torch.randn(2, 3, 4, 4)
+    prune.ln_structured(model.stem, "weight", amount=0.5, n=1, dim=0)  # rows, not channel c of both halves
+    with pytest.raises(ValueError, match="cut into pieces pruned alike"):
+        rlp.slim(model, x)
+
+
+def test_a_candidate_whose_size_attribute_cannot_be_set_leaves_the_model_as_it_was():
+    class ReadOnly(Scales):
+        width = property(lambda self: 4)  # no setter
+
+        def __init__(self):
+            nn.Module.__init__(self)
+            self.conv1, self.conv3 = nn.Conv2d(3, 12, 1), nn.Conv2d(12, 2, 1)
+            self.convs = nn.ModuleList(nn.Conv2d(4, 4, 3, padding=1, groups=4) for _ in range(2))  # depthwise
+
+    rlp.register_size_attribute(ReadOnly, "width")
+    model, x = ReadOnly().eval(), torch.randn(2, 3, 6, 6)
+    groups = rlp.channel_groups(model, x)
+    assert groups.sizes and any(g.tied for g in groups)
+    evaluator = CandidateEvaluator(model, groups, x, mode="slice")
+    keep = [torch.arange(g.size) < 2 for g in groups]
+    with pytest.raises(AttributeError, match="no setter"), evaluator.active():
+        CandidateModel(evaluator, keep, keep_vectors(groups, keep))(x)
+    assert [conv.groups for conv in model.convs] == [4, 4]  # set for the call, then restored

@@ -47,7 +47,8 @@ from ._inputs import ExampleInputs, as_input_tuple
 from ._spaces import Spaces
 from ._state import hook_tensors_kept, preserved_state
 
-__all__ = ["Role", "Member", "ChannelGroup", "ChannelGroups", "SizeAttribute", "channel_groups", "CONV_TYPES"]
+__all__ = ["Role", "Member", "ChannelGroup", "ChannelGroups", "SizeAttribute", "channel_groups", "CONV_TYPES",
+           "size_attributes_of"]
 
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -229,13 +230,9 @@ class ChannelGroups(Sequence[ChannelGroup]):
         self.excluded = dict(excluded)
         self.sizes = tuple(sizes)
 
-    def size_values(self, keep: Sequence[torch.Tensor]) -> list[tuple[nn.Module, str, Any]]:
-        """``(module, attribute, value)`` for every attribute of :attr:`sizes` once the groups are cut to ``keep``
-        (one boolean mask per group, in order)."""
-        by_group = {id(g): k for g, k in zip(self, keep)}
-        return [(s.module, s.attribute, s.value(by_group)) for s in self.sizes]
-
     def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):  # a slice is a ChannelGroups too: slicing a model needs its sizes
+            return ChannelGroups(self._groups[index], self.excluded, self.sizes)
         return self._groups[index]
 
     def __len__(self) -> int:
@@ -256,6 +253,20 @@ class ChannelGroups(Sequence[ChannelGroup]):
             if any(m.module is module for m in group.filters):
                 return group
         return None
+
+
+def size_attributes_of(groups: Sequence[ChannelGroup], model: nn.Module, caller: str) -> tuple[SizeAttribute, ...]:
+    """The :attr:`ChannelGroups.sizes` of ``groups``, or none for a plain sequence of groups of a model that reads
+    no split size or bound from an attribute; a ``ValueError`` where it may (the sizes would be lost)."""
+    if isinstance(groups, ChannelGroups):
+        return groups.sizes
+    if any(channel_ops.size_attribute(m) is not None for m in model.modules()):
+        raise ValueError(
+            f"{caller}: groups must be the ChannelGroups that channel_groups() returns (or a slice of it, "
+            "groups[a:b]), not a plain sequence: the model has modules whose split sizes or slice bounds slicing "
+            "sets (register_size_attribute), which ChannelGroups.sizes lists."
+        )
+    return ()
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -354,6 +365,8 @@ class _GroupBuilder:
         self.stored: dict[fx.Node, str] = {}
         # Per (owner, attribute) that holds split sizes or a bound: its kind, its value, and the pieces it counts.
         self.bindings: dict[tuple[str, str], tuple[str, Any, list[_Layout]]] = {}
+        # Attributes also read where slicing could not follow them: they must keep their value.
+        self.unbound: dict[tuple[str, str], str] = {}
 
     def dim_of(self, node: fx.Node) -> int:
         return self.cdim.get(node, 1)
@@ -545,6 +558,17 @@ class _GroupBuilder:
             return owner, attribute, value  # type: ignore[return-value]
         return None
 
+    def keep_attribute(self, node: fx.Node, constants: Sequence[Any]) -> None:
+        """A split or slice that uses a size attribute's value where slicing cannot follow it: the attribute, and
+        the channels it counts elsewhere, must stay as they are."""
+        for constant in constants:
+            found = self.owner_attribute(node, constant)
+            if found is not None:
+                owner, attribute, _ = found
+                where = f"module '{owner}'" if owner else "the model"
+                self.unbound.setdefault((owner, attribute), f"is counted by attribute '{attribute}' of {where}, "
+                                        f"which {_op_name(node, self.modules)} also reads")  # fmt: skip
+
     def bind(self, found: tuple[str, str, Any], kind: str, parts: list[_Layout], why: str) -> None:
         """Let slicing set the attribute ``found`` names to the kept counts of ``parts`` (the pieces it counts).
 
@@ -599,6 +623,8 @@ class _GroupBuilder:
             if found is not None:
                 self.bind(found, "size", parts[:1], why)
         else:
+            if node.target in (torch.split, "split"):
+                self.keep_attribute(node, [size])
             last_may_shrink = node.target in (torch.split, "split") and isinstance(size, int)
             for part in parts[:-1] if last_may_shrink else parts:
                 self.fix(part, why)
@@ -623,10 +649,14 @@ class _GroupBuilder:
         if not all(isinstance(i, slice) for i in index) or index[0] != slice(None):
             return self.unknown(node)
         channels = index[1] if len(index) > 1 else slice(None)
+        constants = [c for c in (channels.start, channels.stop) if c is not None]
+        if any(not isinstance(c, int) or c < 0 for c in constants):  # counted from the end: slicing moves them
+            return self.unknown(node)
         start, stop, step = channels.indices(in_shape[1])
         if step != 1:
             return self.unknown(node)
         if (start, stop) == (0, in_shape[1]):
+            self.keep_attribute(node, constants)
             return layout
         parts = self.cut(layout, sorted({0, start, stop, _extent(layout)}))
         if parts is None:
@@ -642,6 +672,7 @@ class _GroupBuilder:
         if found is not None:
             self.bind(found, "bound", [before], why)
         else:
+            self.keep_attribute(node, constants)
             self.fix(before, why)
         layout = self.resolve(layout)
         return tuple(seg for seg, s in zip(layout, _bounds(layout)) if start <= s < stop)
@@ -919,6 +950,9 @@ class _GroupBuilder:
         groups: list[tuple[int, ChannelGroup]] = []
         excluded: dict[str, str] = {}
         spans: dict[tuple[str, str], list[tuple[int, ChannelGroup, int, int]]] = {}
+        for key, why in self.unbound.items():
+            for part in self.bindings.pop(key, (None, None, []))[2]:
+                self.fix(part, why)
         for root in spaces.roots():
             members = [(order, m) for order, m in spaces.members[root] if isinstance(m, Member)]
             if spaces.why_fixed[root] is not None:

@@ -97,7 +97,8 @@ def match_records(
             raise ValueError(
                 f"{caller}: {path} was saved from another architecture: it prunes the channels produced by "
                 f"{', '.join(entry['producers'])} ({entry['size']} channels), which this model does not have. "
-                "Build the model exactly as it was built before pruning."
+                "Build the model exactly as it was built before pruning (a file saved by a torch_rlprune whose "
+                "tracer grouped this model's channels otherwise, before it could prune them, no longer matches)."
             )
         keep = torch.zeros(group.size, dtype=torch.bool)
         keep[entry["kept"]] = True

@@ -20,7 +20,7 @@ from torch.utils._pytree import tree_flatten
 
 from ._inputs import ExampleInputs, as_input_tuple
 from ._state import preserved_state, pruning_hooks, pruning_methods
-from .groups import ChannelGroup, ChannelGroups, Member, Role, channel_groups
+from .groups import ChannelGroup, ChannelGroups, Member, Role, channel_groups, size_attributes_of
 from .layers import layer_of
 from .masks import KeepVectors, keep_vectors, masked_tensors
 
@@ -95,8 +95,10 @@ def check_consistent(groups: Sequence[ChannelGroup]) -> list[torch.Tensor]:
                     what = "keeps" if must_match and rows[wrong].all() else "prunes"
                     raise ValueError(
                         f"masks disagree inside channel group {group.name!r}: {member.name}.{name} {what} channels "
-                        f"{wrong.nonzero().reshape(-1)[:5].tolist()} unlike the rest of the group. Coupled convs, "
-                        "tied depthwise convs and their norms must be pruned together: use "
+                        f"{wrong.nonzero().reshape(-1)[:5].tolist()} unlike the rest of the group"
+                        + (" (its output is cut into pieces pruned alike, channel c of each together)"
+                           if sum(m.module is member.module for m in group.filters) > 1 else "")  # fmt: skip
+                        + ". Coupled convs, tied depthwise convs and their norms must be pruned together: use "
                         "torch_rlprune.global_structured or apply_channel_masks rather than pruning one layer."
                     )
         keeps.append(alive)
@@ -526,9 +528,9 @@ def slim(
     vectors = {(target[name_of[id(m)]], dim): v for (m, dim), v in kept.items() if not v.all()}
     tied = {target[m.name] for g in groups for m in g.tied}
     apply_slices(vectors, tied)
-    sizes = groups.size_values(keeps) if isinstance(groups, ChannelGroups) else []
-    for module, attribute, value in sizes:  # split sizes and bounds the forward reads
-        setattr(target[name_of[id(module)]], attribute, value)
+    by_group = {id(g): k for g, k in zip(groups, keeps)}
+    for size in size_attributes_of(groups, model, "slim"):  # split sizes and bounds the forward reads
+        setattr(target[name_of[id(size.module)]], size.attribute, size.value(by_group))
 
     if verify:
         out_keep = {name_of[id(m)]: v for (m, dim), v in kept.items() if dim == 0}

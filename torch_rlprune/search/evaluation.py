@@ -45,7 +45,7 @@ from .. import metrics
 from ..metrics import ModelStats
 from .._inputs import ExampleInputs, as_input_tuple, device_of
 from .._state import preserved_state, pruning_hooks
-from ..groups import ChannelGroup, ChannelGroups, groups_kept
+from ..groups import ChannelGroup, groups_kept, size_attributes_of
 from ..masks import KeepVectors, keep_vectors, on_kept_channels
 from ..slicing import cut_along_channels, sliced_tensors
 
@@ -342,7 +342,7 @@ class CandidateEvaluator:
         self.norms = norms
         self.names = {m: n for n, m in model.named_modules()}
         self._tied = {m.module for g in self.groups for m in g.tied}
-        self._sizes = groups.sizes if isinstance(groups, ChannelGroups) else ()
+        self._sizes = size_attributes_of(groups, model, "CandidateEvaluator")
         #: norms over the channels, and the dim of their input that holds them
         self._normalizing = {m.module: m.normalizes for g in self.groups for m in g.norms if m.normalizes is not None}
         self._hooked = pruning_hooks(model)
@@ -428,30 +428,33 @@ class CandidateEvaluator:
         candidate's sliced tensor, which must not outlive the call.
         """
         saved, handles = [], []
-        for norm, dim in self._normalizing.items():
-            if (norm, 0) not in vectors:
-                continue
-            if self.mode == "mask":  # its statistics must not count the zeroed channels
-                hook = functools.partial(_on_kept, kept=vectors[norm, 0], dim=dim)
-                handles.append(norm.register_forward_hook(hook))
-            elif isinstance(norm, nn.LayerNorm):  # a "channel_norm" module takes its count from its tensors
-                saved.append((norm, "normalized_shape", norm.normalized_shape))
-                norm.normalized_shape = (int(vectors[norm, 0].sum()),)
-        for conv in self._tied if self.mode == "slice" else ():
-            if (conv, 0) in vectors:
-                saved.append((conv, "groups", conv.groups))
-                conv.groups = groups_kept(conv, int(vectors[conv, 0].sum()))
-        by_group = {id(g): k for g, k in zip(self.groups, keep)}
-        for size in self._sizes if self.mode == "slice" and by_group else ():
-            saved.append((size.module, size.attribute, getattr(size.module, size.attribute)))
-            setattr(size.module, size.attribute, size.value(by_group))
+
+        def put(module: nn.Module, attribute: str, value: Any) -> None:
+            old = getattr(module, attribute)
+            setattr(module, attribute, value)
+            saved.append((module, attribute, old))  # once set: a failing setattr leaves nothing to restore
+
         hooked = [(module, name, module.__dict__.get(name)) for module, name in self._hooked]
         try:
+            for norm, dim in self._normalizing.items():
+                if (norm, 0) not in vectors:
+                    continue
+                if self.mode == "mask":  # its statistics must not count the zeroed channels
+                    hook = functools.partial(_on_kept, kept=vectors[norm, 0], dim=dim)
+                    handles.append(norm.register_forward_hook(hook))
+                elif isinstance(norm, nn.LayerNorm):  # a "channel_norm" module takes its count from its tensors
+                    put(norm, "normalized_shape", (int(vectors[norm, 0].sum()),))
+            for conv in self._tied if self.mode == "slice" else ():
+                if (conv, 0) in vectors:
+                    put(conv, "groups", groups_kept(conv, int(vectors[conv, 0].sum())))
+            by_group = {id(g): k for g, k in zip(self.groups, keep)}
+            for size in self._sizes if self.mode == "slice" and by_group else ():
+                put(size.module, size.attribute, size.value(by_group))
             yield
         finally:
             for handle in handles:
                 handle.remove()
-            for module, attribute, value in saved:
+            for module, attribute, value in reversed(saved):
                 setattr(module, attribute, value)
             for module, name, value in hooked:
                 if value is None:
