@@ -744,3 +744,15 @@ def test_a_candidate_whose_size_attribute_cannot_be_set_leaves_the_model_as_it_w
     with pytest.raises(AttributeError, match="no setter"), evaluator.active():
         CandidateModel(evaluator, keep, keep_vectors(groups, keep))(x)
     assert [conv.groups for conv in model.convs] == [4, 4]  # set for the call, then restored
+
+
+def test_a_size_attribute_read_as_a_split_size_and_as_a_bound_keeps_its_value():
+    class Registered(TwoReads):
+        def forward(self, x):
+            a, _ = torch.split(self.p(x), self.bound, 1)  # two equal pieces of `bound`
+            return self.u(a) + self.v(self.p(x)[:, self.bound :])  # and `bound` as a slice bound
+
+    rlp.register_size_attribute(Registered, "bound")
+    model, x = Registered().eval(), torch.randn(2, 3, 4, 4)
+    groups = rlp.channel_groups(model, x)
+    assert groups.sizes == () and "at fixed positions" in groups.excluded["p"]

@@ -577,9 +577,11 @@ class _GroupBuilder:
         owner, attribute, value = found
         if (owner, attribute) in self.bindings:
             first_kind, _, first_parts = self.bindings[owner, attribute]
-            if first_kind != kind or len(first_parts) != len(parts):
-                for part in (*first_parts, *parts):
+            if first_kind != kind or len(first_parts) != len(parts):  # read two ways: it must keep its value
+                self.unbound.setdefault((owner, attribute), why)
+                for part in parts:
                     self.fix(part, why)
+                return
             for first, part in zip(first_parts, parts):
                 self.unify([first, part], why)
             return
