@@ -756,3 +756,25 @@ def test_a_size_attribute_read_as_a_split_size_and_as_a_bound_keeps_its_value():
     model, x = Registered().eval(), torch.randn(2, 3, 4, 4)
     groups = rlp.channel_groups(model, x)
     assert groups.sizes == () and "at fixed positions" in groups.excluded["p"]
+
+
+def test_a_size_attribute_holding_the_total_of_equal_pieces_follows_their_count():
+    class Halves(nn.Module):  # CSPNet's stage: split(x, self.total // 2)
+        def __init__(self):
+            super().__init__()
+            self.total = 8
+            self.down, self.block, self.fuse = nn.Conv2d(3, 8, 1), nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            xs, xb = torch.relu(self.down(x)).split(self.total // 2, dim=1)
+            return self.fuse(torch.cat([xs, torch.relu(self.block(xb))], dim=1))
+
+    rlp.register_size_attribute(Halves, "total")
+    torch.manual_seed(0)
+    model, x = Halves().eval(), torch.randn(2, 3, 6, 6)
+    groups = rlp.channel_groups(model, x)
+    (size,) = groups.sizes
+    assert (size.kind, size.counts, size.pieces) == ("total", (8,), 2)
+    keep = [torch.arange(g.size) % 2 == 0 for g in groups]
+    small = _candidates_match_the_slice(model, x, keep)
+    assert small.total == 4 and small.down.out_channels == 4 and small.block.in_channels == 2

@@ -15,10 +15,10 @@ timm = pytest.importorskip("timm")
 # layers (F.batch_norm called by the norm module), grouped convs, split / slice / cat, squeeze-excitation gates,
 # ConvNeXt's channels-last LayerNorm, Linear layers and layer scale, timm's Linear (F.linear), Conv2dSame (which
 # torch.fx cannot trace), HGNet's learnable scalar shift after each norm (pruned channels carry it), and the split
-# sizes and slice bounds that MixNet, Res2Net and DPN read from attributes (which slicing sets).
+# sizes and slice bounds that MixNet, Res2Net, DPN and CSPNet read from attributes (which slicing sets).
 FAMILIES = [
     "mobilenetv2_050", "regnetx_002", "ghostnet_050", "resnext26ts", "dpn68", "cspresnet50", "efficientnet_b0",
-    "convnext_atto", "lcnet_050", "tf_efficientnet_b0", "hgnetv2_b0", "mixnet_s", "res2net50_14w_8s",
+    "convnext_atto", "lcnet_050", "tf_efficientnet_b0", "hgnetv2_b0", "mixnet_s", "res2net50_14w_8s", "cs3darknet_s",
 ]  # fmt: skip
 
 

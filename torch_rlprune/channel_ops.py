@@ -61,12 +61,15 @@ _KNOWN_BY_NAME: dict[str, str] = {"timm.layers.grn.GlobalResponseNorm": "channel
 
 #: The attribute that holds the channel counts a module's forward splits or slices its input by, per module type:
 #: users' (:func:`register_size_attribute`), and other packages' by ``"module.QualName"``: MixNet's mixed conv
-#: splits by ``splits``, Res2Net's block into pieces of ``width``, DPN's block at ``num_1x1_c``.
+#: splits by ``splits``, Res2Net's block into pieces of ``width``, DPN's block at ``num_1x1_c``, CSPNet's stages in
+#: halves of ``expand_chs``.
 _SIZES: dict[type, str] = {}
 _SIZES_BY_NAME: dict[str, str] = {
     "timm.layers.mixed_conv2d.MixedConv2d": "splits",
     "timm.models.res2net.Bottle2neck": "width",
     "timm.models.dpn.DualPathBlock": "num_1x1_c",
+    "timm.models.cspnet.CrossStage": "expand_chs",
+    "timm.models.cspnet.CrossStage3": "expand_chs",
 }
 
 # Module types registered by users, taken whole by the tracer (torch.nn's own are taken whole anyway).
@@ -193,7 +196,8 @@ def register_size_attribute(module_type: type, attribute: str) -> None:
     * ``torch.split(x, self.sizes, 1)`` with a list: each piece is pruned on its own, and slicing sets the list
       to the pieces' new counts;
     * ``torch.split(x, self.size, 1)`` with an int, into equal pieces: the pieces are pruned alike (channel ``c``
-      of every piece together), and slicing sets the int to the new count of each;
+      of every piece together), and slicing sets the int to the new count of each (or to their total, where the
+      code splits by ``self.total // n`` into ``n`` pieces);
     * ``x[:, :self.bound]`` or ``x[:, self.bound:]``: slicing sets the int to the new count before the bound.
 
     :func:`torch_rlprune.slim` checks the result as for any model.

@@ -180,11 +180,12 @@ class SizeAttribute:
         owner (str): the module's name.
         module (torch.nn.Module): the module.
         attribute (str): the attribute's name.
-        kind (str): ``"sizes"`` (a list of piece sizes), ``"size"`` (the size of every one of equal pieces) or
-            ``"bound"`` (the count before a slice bound).
-        counts (tuple of int): the counts it holds now, one per piece (one for ``"size"`` and ``"bound"``).
+        kind (str): ``"sizes"`` (a list of piece sizes), ``"size"`` (the size of every one of equal pieces),
+            ``"total"`` (the total of equal pieces) or ``"bound"`` (the count before a slice bound).
+        counts (tuple of int): the counts it holds now, one per piece (one for the other kinds).
         spans (tuple): ``(piece, group, offset, expand)``: channel ``c`` of ``group`` is entry ``offset + c *
-            expand`` of that piece.
+            expand`` of that piece (of the first piece where the pieces are equal).
+        pieces (int): for ``"total"``, how many equal pieces it counts.
     """
 
     owner: str
@@ -193,6 +194,7 @@ class SizeAttribute:
     kind: str
     counts: tuple[int, ...]
     spans: tuple[tuple[int, ChannelGroup, int, int], ...] = field(repr=False)
+    pieces: int = 1
 
     def value(self, keep: dict[int, torch.Tensor]) -> int | list[int] | tuple[int, ...]:
         """What the attribute holds once the groups are cut to ``keep``.
@@ -207,7 +209,7 @@ class SizeAttribute:
         for piece, group, _, expand in self.spans:
             kept = keep.get(id(group))
             if kept is not None:
-                counts[piece] -= expand * int((~kept.cpu()).sum())
+                counts[piece] -= expand * self.pieces * int((~kept.cpu()).sum())
         if self.kind != "sizes":
             return counts[0]
         return counts if isinstance(getattr(self.module, self.attribute), list) else tuple(counts)
@@ -364,7 +366,7 @@ class _GroupBuilder:
         # Stored tensors (and views of them) with one dimension longer than 1: possibly a per-channel vector.
         self.stored: dict[fx.Node, str] = {}
         # Per (owner, attribute) that holds split sizes or a bound: its kind, its value, and the pieces it counts.
-        self.bindings: dict[tuple[str, str], tuple[str, Any, list[_Layout]]] = {}
+        self.bindings: dict[tuple[str, str], tuple[str, Any, list[_Layout], int]] = {}
         # Attributes also read where slicing could not follow them: they must keep their value.
         self.unbound: dict[tuple[str, str], str] = {}
 
@@ -544,9 +546,10 @@ class _GroupBuilder:
             return self.unify(layouts, f"meets another channel layout in {_op_name(node, self.modules)}")  # type: ignore[arg-type]
         return tuple(seg for layout in layouts for seg in layout)  # type: ignore[union-attr]
 
-    def owner_attribute(self, node: fx.Node, constant: Any) -> tuple[str, str, Any] | None:
+    def owner_attribute(self, node: fx.Node, constant: Any, pieces: int = 1) -> tuple[str, str, Any] | None:
         """``(owner, attribute, value)`` where the module whose forward runs ``node`` has a size attribute (see
-        :func:`torch_rlprune.register_size_attribute`) that holds ``constant``."""
+        :func:`torch_rlprune.register_size_attribute`) that holds ``constant``, or ``pieces`` times it (the total
+        of equal pieces, as ``split(x, self.total // 2)``)."""
         stack = node.meta.get("nn_module_stack") or {}
         owner = next(reversed(stack.values()))[0] if stack else ""  # "": the model's own forward
         module = self.modules.get(owner) if isinstance(owner, str) else None
@@ -554,7 +557,7 @@ class _GroupBuilder:
         value = getattr(module, attribute, None) if attribute is not None else None
         if isinstance(value, (list, tuple)) and isinstance(constant, (list, tuple)) and list(value) == list(constant):
             return owner, attribute, value  # type: ignore[return-value]
-        if type(value) is int and type(constant) is int and value == constant:
+        if type(value) is int and type(constant) is int and value in {constant, constant * pieces}:
             return owner, attribute, value  # type: ignore[return-value]
         return None
 
@@ -569,14 +572,15 @@ class _GroupBuilder:
                 self.unbound.setdefault((owner, attribute), f"is counted by attribute '{attribute}' of {where}, "
                                         f"which {_op_name(node, self.modules)} also reads")  # fmt: skip
 
-    def bind(self, found: tuple[str, str, Any], kind: str, parts: list[_Layout], why: str) -> None:
-        """Let slicing set the attribute ``found`` names to the kept counts of ``parts`` (the pieces it counts).
+    def bind(self, found: tuple[str, str, Any], kind: str, parts: list[_Layout], why: str, pieces: int = 1) -> None:
+        """Let slicing set the attribute ``found`` names to the kept counts of ``parts`` (the pieces it counts; for
+        ``"total"``, the first of ``pieces`` equal ones).
 
         Another use of the same attribute must count as many channels: its pieces are joined with the first's.
         """
         owner, attribute, value = found
         if (owner, attribute) in self.bindings:
-            first_kind, _, first_parts = self.bindings[owner, attribute]
+            first_kind, _, first_parts, _ = self.bindings[owner, attribute]
             if first_kind != kind or len(first_parts) != len(parts):  # read two ways: it must keep its value
                 self.unbound.setdefault((owner, attribute), why)
                 for part in parts:
@@ -585,7 +589,7 @@ class _GroupBuilder:
             for first, part in zip(first_parts, parts):
                 self.unify([first, part], why)
             return
-        self.bindings[owner, attribute] = (kind, value, parts)
+        self.bindings[owner, attribute] = (kind, value, parts, pieces)
         for index, part in enumerate(parts):
             part = self.resolve(part)
             for seg, offset in zip(part, _bounds(part)):
@@ -615,15 +619,18 @@ class _GroupBuilder:
             self.unknown(node, f"is split by {_op_name(node, self.modules)} inside a unit that must stay whole")
             return None
         why = f"is split into pieces of fixed size by {_op_name(node, self.modules)}"
-        found = self.owner_attribute(node, size) if node.target in (torch.split, "split") else None
         equal = len({_extent(part) for part in parts}) == 1
+        pieces = len(parts) if equal else 1
+        found = self.owner_attribute(node, size, pieces) if node.target in (torch.split, "split") else None
         if found is not None and isinstance(size, (list, tuple)):
             self.bind(found, "sizes", parts, why)
         elif equal and len(parts) > 1 and (found is not None or node.target in (torch.chunk, "chunk")):
             self.unify(parts, why)
             parts = [self.resolve(part) for part in parts]
-            if found is not None:
+            if found is not None and found[2] == size:  # the attribute holds a piece's size
                 self.bind(found, "size", parts[:1], why)
+            elif found is not None:  # or the total of the pieces
+                self.bind(found, "total", parts[:1], why, len(parts))
         else:
             if node.target in (torch.split, "split"):
                 self.keep_attribute(node, [size])
@@ -953,7 +960,7 @@ class _GroupBuilder:
         excluded: dict[str, str] = {}
         spans: dict[tuple[str, str], list[tuple[int, ChannelGroup, int, int]]] = {}
         for key, why in self.unbound.items():
-            for part in self.bindings.pop(key, (None, None, []))[2]:
+            for part in self.bindings.pop(key, (None, None, [], 1))[2]:
                 self.fix(part, why)
         for root in spaces.roots():
             members = [(order, m) for order, m in spaces.members[root] if isinstance(m, Member)]
@@ -974,8 +981,9 @@ class _GroupBuilder:
         groups.sort(key=lambda og: og[0])
         sizes = [
             SizeAttribute(owner, self.modules[owner], attribute, kind,
-                          tuple(value) if kind == "sizes" else (value,), tuple(spans.get((owner, attribute), ())))
-            for (owner, attribute), (kind, value, _) in self.bindings.items()
+                          tuple(value) if kind == "sizes" else (value,), tuple(spans.get((owner, attribute), ())),
+                          pieces)
+            for (owner, attribute), (kind, value, _, pieces) in self.bindings.items()
         ]  # fmt: skip
         return ChannelGroups((g for _, g in groups), excluded, sizes)
 
