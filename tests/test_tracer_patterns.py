@@ -655,13 +655,14 @@ def test_a_size_attribute_that_does_not_hold_the_constant_changes_nothing():
     assert groups.sizes == () and "sliced at fixed positions" in groups.excluded["conv"]
 
 
-@pytest.mark.parametrize("module_type, attribute, error", [
-    (lambda x: x, "sizes", "module_type must be an nn.Module subclass"),
-    (nn.Conv2d, 3, "attribute must be a str"),
+@pytest.mark.parametrize("module_type, attribute, total_of, error", [
+    (lambda x: x, "sizes", None, "module_type must be an nn.Module subclass"),
+    (nn.Conv2d, 3, None, "attribute must be a str"),
+    (nn.Conv2d, "sizes", 1, "total_of must be an int >= 2"),
 ])  # fmt: skip
-def test_register_size_attribute_refuses_bad_input(module_type, attribute, error):
+def test_register_size_attribute_refuses_bad_input(module_type, attribute, total_of, error):
     with pytest.raises(TypeError, match=error):
-        rlp.register_size_attribute(module_type, attribute)
+        rlp.register_size_attribute(module_type, attribute, total_of)
 
 
 class TwoReads(nn.Module):
@@ -741,7 +742,7 @@ def test_a_candidate_whose_size_attribute_cannot_be_set_leaves_the_model_as_it_w
     assert groups.sizes and any(g.tied for g in groups)
     evaluator = CandidateEvaluator(model, groups, x, mode="slice")
     keep = [torch.arange(g.size) < 2 for g in groups]
-    with pytest.raises(AttributeError, match="no setter"), evaluator.active():
+    with pytest.raises(AttributeError, match="no setter|can't set attribute"), evaluator.active():
         CandidateModel(evaluator, keep, keep_vectors(groups, keep))(x)
     assert [conv.groups for conv in model.convs] == [4, 4]  # set for the call, then restored
 
@@ -769,7 +770,12 @@ def test_a_size_attribute_holding_the_total_of_equal_pieces_follows_their_count(
             xs, xb = torch.relu(self.down(x)).split(self.total // 2, dim=1)
             return self.fuse(torch.cat([xs, torch.relu(self.block(xb))], dim=1))
 
-    rlp.register_size_attribute(Halves, "total")
+    class Literal(Halves):  # splits by a 4 of its own, which only happens to be half the total
+        def forward(self, x):
+            xs, xb = torch.relu(self.down(x)).split(4, dim=1)
+            return self.fuse(torch.cat([xs, torch.relu(self.block(xb))], dim=1))
+
+    rlp.register_size_attribute(Halves, "total", total_of=2)
     torch.manual_seed(0)
     model, x = Halves().eval(), torch.randn(2, 3, 6, 6)
     groups = rlp.channel_groups(model, x)
@@ -778,3 +784,27 @@ def test_a_size_attribute_holding_the_total_of_equal_pieces_follows_their_count(
     keep = [torch.arange(g.size) % 2 == 0 for g in groups]
     small = _candidates_match_the_slice(model, x, keep)
     assert small.total == 4 and small.down.out_channels == 4 and small.block.in_channels == 2
+    rlp.register_size_attribute(Literal, "total")  # without total_of, a 4 is not half of the 8 it holds
+    assert rlp.channel_groups(Literal(), x).sizes == ()
+
+
+@pytest.mark.parametrize("read", ["tensor_split", "split list", "narrow"])
+def test_a_bound_attribute_read_by_another_split_or_narrow_keeps_its_value(read):
+    class Registered(TwoReads):
+        def __init__(self):
+            super().__init__()
+            self.q = nn.Conv2d(3, 8, 1)  # q(x)[:, :bound] can be bound: q has more channels
+
+        def forward(self, x):
+            y = self.p(x)
+            if read == "tensor_split":
+                other = y.tensor_split([self.bound], dim=1)[0]
+            elif read == "split list":
+                other = torch.split(y, [self.bound, 8 - self.bound], 1)[0]
+            else:
+                other = y.narrow(1, 0, self.bound)
+            return self.u(self.q(x)[:, : self.bound] + other)
+
+    rlp.register_size_attribute(Registered, "bound")
+    model, x = Registered().eval(), torch.randn(2, 3, 4, 4)
+    assert rlp.channel_groups(model, x).sizes == ()

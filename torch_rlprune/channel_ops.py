@@ -62,14 +62,15 @@ _KNOWN_BY_NAME: dict[str, str] = {"timm.layers.grn.GlobalResponseNorm": "channel
 #: The attribute that holds the channel counts a module's forward splits or slices its input by, per module type:
 #: users' (:func:`register_size_attribute`), and other packages' by ``"module.QualName"``: MixNet's mixed conv
 #: splits by ``splits``, Res2Net's block into pieces of ``width``, DPN's block at ``num_1x1_c``, CSPNet's stages in
-#: halves of ``expand_chs``.
-_SIZES: dict[type, str] = {}
-_SIZES_BY_NAME: dict[str, str] = {
-    "timm.layers.mixed_conv2d.MixedConv2d": "splits",
-    "timm.models.res2net.Bottle2neck": "width",
-    "timm.models.dpn.DualPathBlock": "num_1x1_c",
-    "timm.models.cspnet.CrossStage": "expand_chs",
-    "timm.models.cspnet.CrossStage3": "expand_chs",
+#: halves of ``expand_chs``. Each is ``(attribute, total_of)``: ``total_of`` is ``None``, or the number of equal
+#: pieces whose total the attribute holds.
+_SIZES: dict[type, tuple[str, int | None]] = {}
+_SIZES_BY_NAME: dict[str, tuple[str, int | None]] = {
+    "timm.layers.mixed_conv2d.MixedConv2d": ("splits", None),
+    "timm.models.res2net.Bottle2neck": ("width", None),
+    "timm.models.dpn.DualPathBlock": ("num_1x1_c", None),
+    "timm.models.cspnet.CrossStage": ("expand_chs", 2),
+    "timm.models.cspnet.CrossStage3": ("expand_chs", 2),
 }
 
 # Module types registered by users, taken whole by the tracer (torch.nn's own are taken whole anyway).
@@ -186,7 +187,7 @@ def taken_whole(module: nn.Module) -> bool:
     )
 
 
-def register_size_attribute(module_type: type, attribute: str) -> None:
+def register_size_attribute(module_type: type, attribute: str, total_of: int | None = None) -> None:
     r"""Tell :func:`torch_rlprune.channel_groups` that ``module_type``'s forward splits or slices its channels by
     sizes held in ``attribute``, so that the pieces can be pruned and slicing updates the attribute.
 
@@ -196,18 +197,25 @@ def register_size_attribute(module_type: type, attribute: str) -> None:
     * ``torch.split(x, self.sizes, 1)`` with a list: each piece is pruned on its own, and slicing sets the list
       to the pieces' new counts;
     * ``torch.split(x, self.size, 1)`` with an int, into equal pieces: the pieces are pruned alike (channel ``c``
-      of every piece together), and slicing sets the int to the new count of each (or to their total, where the
-      code splits by ``self.total // n`` into ``n`` pieces);
+      of every piece together), and slicing sets the int to the new count of each; with ``total_of=n``, the
+      forward splits by ``self.total // n`` into ``n`` pieces, and slicing sets the int to their total;
     * ``x[:, :self.bound]`` or ``x[:, self.bound:]``: slicing sets the int to the new count before the bound.
 
     :func:`torch_rlprune.slim` checks the result as for any model.
 
+    The attribute should be read as split sizes and slice bounds only: a use of its value the tracer does not
+    follow keeps it (and the channels it counts) as it is, but a value derived from it (``self.b + 1``) is not
+    recognised.
+
     Args:
         module_type (type): a subclass of ``nn.Module`` (its subclasses share the attribute).
         attribute (str): the attribute's name.
+        total_of (int, optional): the attribute holds the total of this many equal pieces, which the forward
+            splits by ``self.<attribute> // total_of``. Default: ``None`` (it holds the sizes themselves).
 
     Raises:
-        TypeError: ``module_type`` is not an ``nn.Module`` subclass, or ``attribute`` not a string.
+        TypeError: ``module_type`` is not an ``nn.Module`` subclass, ``attribute`` not a string, or ``total_of``
+            not an int of at least 2.
 
     Example:
         >>> import torch
@@ -239,17 +247,19 @@ def register_size_attribute(module_type: type, attribute: str) -> None:
         raise TypeError(f"register_size_attribute: module_type must be an nn.Module subclass, got {module_type!r}.")
     if not isinstance(attribute, str):
         raise TypeError(f"register_size_attribute: attribute must be a str, got {type(attribute).__name__}.")
+    if total_of is not None and (type(total_of) is not int or total_of < 2):
+        raise TypeError(f"register_size_attribute: total_of must be an int >= 2 or None, got {total_of!r}.")
     _generation += 1
-    _SIZES[module_type] = attribute
+    _SIZES[module_type] = (attribute, total_of)
 
 
-def size_attribute(module: nn.Module) -> str | None:
-    """The attribute holding the channel counts ``module`` splits or slices by (see
+def size_attribute(module: nn.Module) -> tuple[str, int | None] | None:
+    """``(attribute, total_of)`` for the attribute holding the channel counts ``module`` splits or slices by (see
     :func:`register_size_attribute`), or ``None``."""
     for cls in type(module).__mro__:
-        attribute = _SIZES.get(cls) or _SIZES_BY_NAME.get(f"{cls.__module__}.{cls.__qualname__}")
-        if attribute is not None:
-            return attribute
+        found = _SIZES.get(cls) or _SIZES_BY_NAME.get(f"{cls.__module__}.{cls.__qualname__}")
+        if found is not None:
+            return found
     return None
 
 

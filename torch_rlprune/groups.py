@@ -265,8 +265,9 @@ def size_attributes_of(groups: Sequence[ChannelGroup], model: nn.Module, caller:
     if any(channel_ops.size_attribute(m) is not None for m in model.modules()):
         raise ValueError(
             f"{caller}: groups must be the ChannelGroups that channel_groups() returns (or a slice of it, "
-            "groups[a:b]), not a plain sequence: the model has modules whose split sizes or slice bounds slicing "
-            "sets (register_size_attribute), which ChannelGroups.sizes lists."
+            "groups[a:b], or ChannelGroups(chosen, groups.excluded, groups.sizes)), not a plain sequence: the model "
+            "has modules whose split sizes or slice bounds slicing sets (register_size_attribute), which "
+            "ChannelGroups.sizes lists."
         )
     return ()
 
@@ -407,6 +408,9 @@ class _GroupBuilder:
 
     def unknown(self, node: fx.Node, why: str | None = None) -> _Layout | None:
         why = why or f"reaches {_op_name(node, self.modules)}, which the channel tracer does not model"
+        constants: list[int] = []  # a size attribute read by an op not followed (narrow) must keep its value
+        fx.node.map_aggregate((node.args, node.kwargs), lambda a: constants.append(a) if type(a) is int else None)
+        self.keep_attribute(node, constants)
         for _, layout in self.input_layouts(node):
             self.fix(layout, why)
         return self.fresh(node, why)
@@ -546,19 +550,24 @@ class _GroupBuilder:
             return self.unify(layouts, f"meets another channel layout in {_op_name(node, self.modules)}")  # type: ignore[arg-type]
         return tuple(seg for layout in layouts for seg in layout)  # type: ignore[union-attr]
 
-    def owner_attribute(self, node: fx.Node, constant: Any, pieces: int = 1) -> tuple[str, str, Any] | None:
-        """``(owner, attribute, value)`` where the module whose forward runs ``node`` has a size attribute (see
-        :func:`torch_rlprune.register_size_attribute`) that holds ``constant``, or ``pieces`` times it (the total
-        of equal pieces, as ``split(x, self.total // 2)``)."""
+    def owner_attribute(self, node: fx.Node, constant: Any) -> tuple[str, str, Any, int] | None:
+        """``(owner, attribute, value, share)`` where the module whose forward runs ``node`` has a size attribute
+        (see :func:`torch_rlprune.register_size_attribute`) that holds ``constant`` (``share`` 1), or, registered
+        with ``total_of=n``, ``n`` times it (``share`` n: the forward splits by ``self.total // n``)."""
         stack = node.meta.get("nn_module_stack") or {}
         owner = next(reversed(stack.values()))[0] if stack else ""  # "": the model's own forward
         module = self.modules.get(owner) if isinstance(owner, str) else None
-        attribute = channel_ops.size_attribute(module) if module is not None else None
-        value = getattr(module, attribute, None) if attribute is not None else None
+        found = channel_ops.size_attribute(module) if module is not None else None
+        if found is None:
+            return None
+        attribute, total_of = found
+        value = getattr(module, attribute, None)
         if isinstance(value, (list, tuple)) and isinstance(constant, (list, tuple)) and list(value) == list(constant):
-            return owner, attribute, value  # type: ignore[return-value]
-        if type(value) is int and type(constant) is int and value in {constant, constant * pieces}:
-            return owner, attribute, value  # type: ignore[return-value]
+            return owner, attribute, value, 1  # type: ignore[return-value]
+        if type(value) is int and type(constant) is int and value == constant:
+            return owner, attribute, value, 1  # type: ignore[return-value]
+        if type(value) is int and type(constant) is int and total_of is not None and value == constant * total_of:
+            return owner, attribute, value, total_of  # type: ignore[return-value]
         return None
 
     def keep_attribute(self, node: fx.Node, constants: Sequence[Any]) -> None:
@@ -567,18 +576,18 @@ class _GroupBuilder:
         for constant in constants:
             found = self.owner_attribute(node, constant)
             if found is not None:
-                owner, attribute, _ = found
+                owner, attribute, _, _ = found
                 where = f"module '{owner}'" if owner else "the model"
                 self.unbound.setdefault((owner, attribute), f"is counted by attribute '{attribute}' of {where}, "
                                         f"which {_op_name(node, self.modules)} also reads")  # fmt: skip
 
-    def bind(self, found: tuple[str, str, Any], kind: str, parts: list[_Layout], why: str, pieces: int = 1) -> None:
+    def bind(self, found: tuple[str, str, Any, int], kind: str, parts: list[_Layout], why: str) -> None:
         """Let slicing set the attribute ``found`` names to the kept counts of ``parts`` (the pieces it counts; for
-        ``"total"``, the first of ``pieces`` equal ones).
+        ``"total"``, the first of its equal ones).
 
         Another use of the same attribute must count as many channels: its pieces are joined with the first's.
         """
-        owner, attribute, value = found
+        owner, attribute, value, pieces = found
         if (owner, attribute) in self.bindings:
             first_kind, _, first_parts, _ = self.bindings[owner, attribute]
             if first_kind != kind or len(first_parts) != len(parts):  # read two ways: it must keep its value
@@ -620,20 +629,18 @@ class _GroupBuilder:
             return None
         why = f"is split into pieces of fixed size by {_op_name(node, self.modules)}"
         equal = len({_extent(part) for part in parts}) == 1
-        pieces = len(parts) if equal else 1
-        found = self.owner_attribute(node, size, pieces) if node.target in (torch.split, "split") else None
+        found = self.owner_attribute(node, size) if node.target in (torch.split, "split") else None
+        share = found[3] if found is not None else 0
         if found is not None and isinstance(size, (list, tuple)):
             self.bind(found, "sizes", parts, why)
-        elif equal and len(parts) > 1 and (found is not None or node.target in (torch.chunk, "chunk")):
+        elif equal and len(parts) > 1 and (share in (1, len(parts)) or node.target in (torch.chunk, "chunk")):
             self.unify(parts, why)
             parts = [self.resolve(part) for part in parts]
-            if found is not None and found[2] == size:  # the attribute holds a piece's size
-                self.bind(found, "size", parts[:1], why)
-            elif found is not None:  # or the total of the pieces
-                self.bind(found, "total", parts[:1], why, len(parts))
+            if found is not None:  # the attribute holds a piece's size, or (share > 1) their total
+                self.bind(found, "size" if share == 1 else "total", parts[:1], why)
         else:
-            if node.target in (torch.split, "split"):
-                self.keep_attribute(node, [size])
+            sizes = list(size) if isinstance(size, (list, tuple)) else [size]
+            self.keep_attribute(node, [size, *sizes])
             last_may_shrink = node.target in (torch.split, "split") and isinstance(size, int)
             for part in parts[:-1] if last_may_shrink else parts:
                 self.fix(part, why)
@@ -678,7 +685,7 @@ class _GroupBuilder:
         before = tuple(seg for seg, s in zip(layout, _bounds(layout)) if s < fixed_until)
         why = f"is sliced at fixed positions by {_op_name(node, self.modules)}"
         found = self.owner_attribute(node, fixed_until) if start == 0 or stop == in_shape[1] else None
-        if found is not None:
+        if found is not None and found[3] == 1:
             self.bind(found, "bound", [before], why)
         else:
             self.keep_attribute(node, constants)
