@@ -576,12 +576,18 @@ def test_a_group_normalised_over_its_channels_runs_its_exact_count():
     torch.testing.assert_close(padded, exact, atol=1e-5, rtol=1e-4)
 
 
-def test_masked_candidates_normalise_over_their_kept_channels_only():
+def _scaled_norm_model(bias=True):
+    """ChannelsLastNorm in eval mode with a LayerNorm weight that makes a wrong cut visible, and a batch of 4."""
     torch.manual_seed(0)
     model = ChannelsLastNorm().eval()
+    model.norm = nn.LayerNorm(16, bias=bias)
     with torch.no_grad():
         model.norm.weight.uniform_(0.5, 1.5)
-    x = torch.randn(4, 3, 12, 12)
+    return model, torch.randn(4, 3, 12, 12)
+
+
+def test_masked_candidates_normalise_over_their_kept_channels_only():
+    model, x = _scaled_norm_model()
     groups = rlp.channel_groups(model, x[:1])
     keep = [torch.arange(16) % 3 != 1] * 2
     evaluator = CandidateEvaluator(model, groups, x[:1], norms="eval", mode="mask")
@@ -604,12 +610,7 @@ def _candidate_in_both_modes(model, groups, x, keep):
 
 
 def test_a_layernorm_without_bias_over_masked_channels_runs_once_on_the_kept_ones():
-    torch.manual_seed(0)
-    model = ChannelsLastNorm().eval()
-    model.norm = nn.LayerNorm(16, bias=False)
-    with torch.no_grad():
-        model.norm.weight.uniform_(0.5, 1.5)
-    x = torch.randn(4, 3, 12, 12)
+    model, x = _scaled_norm_model(bias=False)
     groups = rlp.channel_groups(model, x[:1])
     keep = [torch.arange(16) % 3 != 1] * 2
     sliced, masked = _candidate_in_both_modes(model, groups, x, keep)
@@ -624,11 +625,7 @@ def test_a_layernorm_without_bias_over_masked_channels_runs_once_on_the_kept_one
 
 
 def test_a_masked_candidate_on_a_masked_model_leaves_out_the_channels_already_pruned():
-    torch.manual_seed(0)
-    model = ChannelsLastNorm().eval()
-    with torch.no_grad():
-        model.norm.weight.uniform_(0.5, 1.5)
-    x = torch.randn(4, 3, 12, 12)
+    model, x = _scaled_norm_model()
     groups = rlp.channel_groups(model, x[:1])
     rlp.apply_channel_masks(groups, [torch.arange(16) % 3 != 1] * 2)
     keep = [torch.arange(16) % 4 != 0] * 2  # keeps some channels the masks pruned: they stay pruned
