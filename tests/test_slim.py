@@ -243,15 +243,20 @@ def test_slim_accepts_float32_rounding_that_the_network_amplifies_but_not_a_wron
     torch.manual_seed(0)
     model = _Amplifier().eval()
     x = torch.randn(4, 3, 6, 6)
-    with torch.no_grad():  # the second norm centres its input exactly and divides by ~sqrt(1e-10)
-        model.bn2.running_mean.copy_(model.conv2(torch.sigmoid(model.bn1(model.conv1(x)))).mean((0, 2, 3)))
-        model.bn2.running_var.zero_()
     keep = torch.tensor([True, False] * 4)
     # Masks on the first conv and norm only, as a user pruning layer by layer makes them: conv2 still reads the
     # pruned channels' 0.5 (apply_channel_masks would mask its columns, and there would be nothing to fold).
     prune.custom_from_mask(model.conv1, "weight", keep.view(-1, 1, 1, 1).expand_as(model.conv1.weight))
     for module, name in ((model.conv1, "bias"), (model.bn1, "weight"), (model.bn1, "bias")):
         prune.custom_from_mask(module, name, keep)
+    with torch.no_grad():  # the second norm centres its input exactly and divides by ~sqrt(1e-10)
+        # The pruned channels' 0.5 meets integer weights and a zero bias, so that slim folds them exactly, into a
+        # bias far larger than what the kept channels add: float32 rounds that sum where the masked conv adds them.
+        model.conv2.weight[:, ~keep] = torch.randint(-8, 9, model.conv2.weight[:, ~keep].shape).float()
+        model.conv2.bias.zero_()
+        model.conv2.weight[:, keep] *= 1e-3
+        model.bn2.running_mean.copy_(model.conv2(torch.sigmoid(model.bn1(model.conv1(x)))).mean((0, 2, 3)))
+        model.bn2.running_var.zero_()
     loose = rlp.slim(model, x, verify=False)
     with torch.no_grad():
         masked, sliced = model(x), loose.eval()(x)
