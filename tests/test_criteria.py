@@ -215,6 +215,29 @@ def test_synflow_one_shot_scores_every_filter():
     assert all((s > 0).all() and torch.isfinite(s).all() for s in scores)
 
 
+class LinearOnTheStream(nn.Module):
+    """A conv stem whose channels a channels-last MLP adds to, as in ConvNeXt: a Linear produces them too."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Conv2d(3, 8, 3)
+        self.fc1, self.fc2 = nn.Linear(8, 16), nn.Linear(16, 8)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x):
+        x = self.stem(x).permute(0, 2, 3, 1)
+        x = x + self.fc2(torch.relu(self.fc1(x)))
+        return self.head(x.mean((1, 2)))
+
+
+def test_synflow_scores_the_convs_of_a_group_that_a_linear_also_produces():
+    model, x = LinearOnTheStream(), torch.randn(1, 3, 6, 6)
+    assert {m.name for m in channel_groups(model, x).group_of(model.stem).producers} == {"stem", "fc2"}
+    scores = criteria.synflow(model, x, amount=0.25, iterations=2)[(model.stem, "weight")]
+    assert scores.shape == (8,) and int((scores == 0).sum()) == 2 and (scores[scores != 0] > 0).all()
+
+
 def test_synflow_prunes_coupled_filters_together():
     model = Blocks(["plain", "depthwise", "residual"])  # stem group (4 channels) + one coupled group (4)
     scores = criteria.synflow(model, torch.randn(1, 3, 8, 8), amount=0.25)

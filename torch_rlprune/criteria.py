@@ -570,7 +570,8 @@ def _flow(work: nn.Module, ones: tuple[torch.Tensor, ...], convs: dict[str, nn.M
 def _group_flow(groups: Sequence[ChannelGroup], flow: dict[str, torch.Tensor]) -> list[torch.Tensor]:
     scores = []
     for group in groups:
-        rows = [m.gather(flow[m.name].cpu(), group.size).sum(dim=1) for m in group.filters]
+        # Only convolutions are scored: a Linear that produces channels too (an MLP on the stream) has no filters.
+        rows = [m.gather(flow[m.name].cpu(), group.size).sum(dim=1) for m in group.filters if m.name in flow]
         scores.append(torch.stack(rows).sum(dim=0))
     return scores
 
@@ -643,7 +644,10 @@ def synflow(
         torch.ones_like(x, dtype=torch.float64 if x.is_floating_point() else x.dtype)
         for x in as_input_tuple(example_inputs, caller, model)
     )
-    groups = _resolve_groups(model, example_inputs, groups, caller)
+    # The budget is of conv filters: a group that only Linear layers produce (a transformer's MLP) is not pruned.
+    conv_names = {name for name, _ in convs}
+    groups = [g for g in _resolve_groups(model, example_inputs, groups, caller)
+              if any(m.name in conv_names for m in g.filters)]  # fmt: skip
     if isinstance(iterations, bool) or not isinstance(iterations, numbers.Integral):
         raise TypeError(f"{caller}: iterations must be an int, got {type(iterations).__name__}.")
     if iterations < 1:
