@@ -34,7 +34,7 @@ from torch.nn.modules.instancenorm import _InstanceNorm
 from torchvision.ops import stochastic_depth
 
 __all__ = ["KINDS", "register_channel_op", "module_kind", "function_kind", "method_kind", "taken_whole", "generation",
-           "register_size_attribute", "size_attribute"]
+           "register_size_attribute", "size_attribute", "head_tensors"]
 
 #: The kinds of op a user can register.
 KINDS = ("passthrough", "elementwise", "norm", "channel_norm")
@@ -59,6 +59,23 @@ _MODULES: dict[type, str] = {
 #: global response norm (ConvNeXt V2) scales each channel by its share of a mean over the channels.
 _KNOWN_BY_NAME: dict[str, str] = {"timm.layers.grn.GlobalResponseNorm": "channel_norm"}
 
+#: Attention modules of other packages whose forward hands its input's channels (the last dim) and the tensors of
+#: its ``qkv`` and ``proj`` Linears to a functional attention without calling those Linears: torchvision's Swin. Each
+#: names the module's tensors that hold one entry per head, as ``(path, dim)``: the tracer ties the channels to the
+#: heads (see :func:`torch_rlprune.channel_groups`), so pruning a head cuts its entry there too.
+_WINDOW_ATTENTION_BY_NAME: dict[str, tuple[tuple[str, int], ...]] = {
+    "torchvision.models.swin_transformer.ShiftedWindowAttentionV2": (("logit_scale", 0), ("cpb_mlp.2.weight", 0)),
+    "torchvision.models.swin_transformer.ShiftedWindowAttention": (("relative_position_bias_table", 1),),
+}
+
+#: Functions of other packages that the tracer models itself, by ``"module.qualname"`` (torch.fx keeps them whole):
+#: Swin's patch merging concatenates four strided views of its input along the channels, and its attention is the
+#: functional form the modules above call.
+_FUNCTIONS_BY_NAME: dict[str, str] = {
+    "torchvision.models.swin_transformer._patch_merging_pad": "patch_merge",
+    "torchvision.models.swin_transformer.shifted_window_attention": "window_attention",
+}
+
 #: The attribute that holds the channel counts a module's forward splits or slices its input by, per module type:
 #: users' (:func:`register_size_attribute`), and other packages' by ``"module.QualName"``: MixNet's mixed conv
 #: splits by ``splits``, Res2Net's block into pieces of ``width``, DPN's block at ``num_1x1_c``, CSPNet's stages in
@@ -71,6 +88,7 @@ _SIZES_BY_NAME: dict[str, tuple[str, int | None]] = {
     "timm.models.dpn.DualPathBlock": ("num_1x1_c", None),
     "timm.models.cspnet.CrossStage": ("expand_chs", 2),
     "timm.models.cspnet.CrossStage3": ("expand_chs", 2),
+    "torchvision.models.vision_transformer.VisionTransformer": ("hidden_dim", None),
 }
 
 # Module types registered by users, taken whole by the tracer (torch.nn's own are taken whole anyway).
@@ -199,7 +217,8 @@ def register_size_attribute(module_type: type, attribute: str, total_of: int | N
     * ``torch.split(x, self.size, 1)`` with an int, into equal pieces: the pieces are pruned alike (channel ``c``
       of every piece together), and slicing sets the int to the new count of each; with ``total_of=n``, the
       forward splits by ``self.total // n`` into ``n`` pieces, and slicing sets the int to their total;
-    * ``x[:, :self.bound]`` or ``x[:, self.bound:]``: slicing sets the int to the new count before the bound.
+    * ``x[:, :self.bound]`` or ``x[:, self.bound:]``: slicing sets the int to the new count before the bound;
+    * ``x.reshape(n, self.width, -1)`` (any shape keeping dims 0 and 1): slicing sets the int to the new count.
 
     :func:`torch_rlprune.slim` checks the result as for any model.
 
@@ -264,11 +283,24 @@ def size_attribute(module: nn.Module) -> tuple[str, int | None] | None:
 
 
 def function_kind(function: object) -> str | None:
-    """The kind of a function a traced graph calls, or ``None``."""
+    """The kind of a function a traced graph calls, or ``None``: one of :data:`KINDS`, or ``"patch_merge"`` or
+    ``"window_attention"`` for the other packages' functions the tracer models itself."""
     try:
-        return _FUNCTIONS.get(function)  # type: ignore[arg-type]
+        kind = _FUNCTIONS.get(function)  # type: ignore[arg-type]
     except TypeError:  # an unhashable target is nothing registered
         return None
+    name = f"{getattr(function, '__module__', '')}.{getattr(function, '__qualname__', '')}"
+    return kind or _FUNCTIONS_BY_NAME.get(name)
+
+
+def head_tensors(module: nn.Module) -> tuple[tuple[str, int], ...] | None:
+    """For a window attention module (torchvision's Swin), its tensors that hold one entry per head, as ``(path,
+    dim)``; ``None`` for any other module."""
+    for cls in type(module).__mro__:
+        found = _WINDOW_ATTENTION_BY_NAME.get(f"{cls.__module__}.{cls.__qualname__}")
+        if found is not None:
+            return found
+    return None
 
 
 def method_kind(name: str) -> str | None:

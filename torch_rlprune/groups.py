@@ -66,7 +66,8 @@ class Role(enum.Enum):
     #: a consumer: weight dim 1 (input channels or flattened features) is indexed by channel.
     CONSUMER = "consumer"
     #: a module whose stored per-channel vector (shape ``(C, 1, ...)``, such as ConvNeXt's layer scale) multiplies
-    #: or shifts the channels: it is cut with them, but needs no mask of its own.
+    #: or shifts the channels, or whose stored tensor meets them along another dim (a class token, a position
+    #: embedding, an attention's query and key rows): it is cut with them, but needs no mask of its own.
     SCALE = "scale"
 
 
@@ -78,7 +79,7 @@ class Member:
     member's dimension :attr:`dim`: ``expand`` is 1 except for a ``Linear`` after ``flatten``, where it is the
     number of spatial positions per channel, and ``offset`` is non-zero where the group is one slice of a concat.
     ``normalizes`` is set for a LayerNorm over the channels: the dim of the module's input that it normalises;
-    ``stored`` names the per-channel vector of a :attr:`Role.SCALE` member.
+    ``stored`` names the tensor of a :attr:`Role.SCALE` member and ``axis`` its dim that holds the channels.
     """
 
     name: str
@@ -88,11 +89,12 @@ class Member:
     expand: int = 1
     normalizes: int | None = None
     stored: str | None = None
+    axis: int = 0
 
     @property
     def dim(self) -> int:
-        """The dimension of ``module.weight`` that the group's channels index."""
-        return 1 if self.role is Role.CONSUMER else 0
+        """The dimension of the member's weight (or ``stored`` tensor) that the group's channels index."""
+        return 1 if self.role is Role.CONSUMER else self.axis
 
     def indices(self, channels: torch.Tensor) -> torch.Tensor:
         """Map group channel indices to indices along :attr:`dim` of this member's tensors.
@@ -181,7 +183,9 @@ class SizeAttribute:
         module (torch.nn.Module): the module.
         attribute (str): the attribute's name.
         kind (str): ``"sizes"`` (a list of piece sizes), ``"size"`` (the size of every one of equal pieces),
-            ``"total"`` (the total of equal pieces) or ``"bound"`` (the count before a slice bound).
+            ``"total"`` (the total of equal pieces), ``"bound"`` (the count before a slice bound), ``"width"``
+            (the channel count a reshape gives: ``x.reshape(n, self.width, -1)``) or ``"heads"`` (an attention's
+            number of heads, which the tracer ties to the channels).
         counts (tuple of int): the counts it holds now, one per piece (one for the other kinds).
         spans (tuple): ``(piece, group, offset, expand)``: channel ``c`` of ``group`` is entry ``offset + c *
             expand`` of that piece (of the first piece where the pieces are equal).
@@ -288,6 +292,23 @@ class _Segment(NamedTuple):
 _Layout = tuple[_Segment, ...]
 
 
+class _Stored(NamedTuple):
+    """A tensor a module stores (``get_attr``), or a view of one: ``lead`` dims of the view come before the
+    tensor's first (``None``: a reshaped tensor with one dim longer than 1, which holds the channels)."""
+
+    target: str
+    shape: torch.Size
+    lead: int | None = 0
+
+    def axis(self, view_dim: int) -> int | None:
+        """The stored tensor's dim that dim ``view_dim`` of the view is, or ``None``."""
+        if self.lead is None:
+            long = [d for d, size in enumerate(self.shape) if size > 1]
+            return long[0] if len(long) == 1 else None
+        axis = view_dim - self.lead
+        return axis if 0 <= axis < len(self.shape) else None
+
+
 @dataclass(frozen=True)
 class _Piece:
     """A stand-in member of a space while tracing: channel ``c`` is entry ``offset + c * expand`` of piece
@@ -339,6 +360,13 @@ def _op_name(node: fx.Node, modules: dict[str, nn.Module]) -> str:
     return f"function '{target}'"
 
 
+def _owner(node: fx.Node) -> str:
+    """The name of the module whose forward ran ``node`` (``""``: the model's own)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    owner = next(reversed(stack.values()))[0] if stack else ""
+    return owner if isinstance(owner, str) else ""
+
+
 def _extent(layout: _Layout) -> int:
     return sum(seg.channels * seg.expand for seg in layout)
 
@@ -364,8 +392,8 @@ class _GroupBuilder:
         self.calls: dict[str, tuple[_Layout, _Layout | None]] = {}
         # Where the channels are in a tensor whose layout is not along dim 1 (after a permute to channels last).
         self.cdim: dict[fx.Node, int] = {}
-        # Stored tensors (and views of them) with one dimension longer than 1: possibly a per-channel vector.
-        self.stored: dict[fx.Node, str] = {}
+        # Stored tensors (and views of them) that may meet channels elementwise or in a concat along another dim.
+        self.stored: dict[fx.Node, _Stored] = {}
         # Per (owner, attribute) that holds split sizes or a bound: its kind, its value, and the pieces it counts.
         self.bindings: dict[tuple[str, str], tuple[str, Any, list[_Layout], int]] = {}
         # Attributes also read where slicing could not follow them: they must keep their value.
@@ -452,11 +480,26 @@ class _GroupBuilder:
         return self.resolve(layouts[0])
 
     def add_members(
-        self, layout: _Layout, name: str, role: Role, normalizes: int | None = None, stored: str | None = None
+        self, layout: _Layout, name: str, role: Role, normalizes: int | None = None, stored: str | None = None,
+        axis: int = 0, start: int = 0, unit: int = 1,
     ) -> None:
+        """Make module ``name`` a member of ``layout``'s spaces, at ``start`` along its dim; ``unit`` channels make
+        one entry of its tensor (an attention's head size, for a tensor with one entry per head)."""
         for seg, offset in zip(layout, _bounds(layout)):
-            member = Member(name, self.modules[name], role, offset, seg.expand, normalizes, stored)
+            member = Member(name, self.modules[name], role, (start + offset) // unit, seg.expand // unit, normalizes,
+                            stored, axis)  # fmt: skip
             self.spaces.add(seg.space, len(self.layouts), member)
+
+    def add_stored(self, layout: _Layout, node: fx.Node, view_dim: int, channels: int) -> bool:
+        """Cut the stored tensor that ``node`` views along the dim that meets ``layout``'s channels at
+        ``view_dim``; ``False`` where that dim is not one entry per channel."""
+        stored = self.stored[node]
+        axis = stored.axis(view_dim)
+        if axis is None or stored.shape[axis] != channels:
+            return False
+        owner, _, attribute = stored.target.rpartition(".")
+        self.add_members(layout, owner, Role.SCALE, stored=attribute, axis=axis)
+        return True
 
     def scope_input(self, owner: str) -> fx.Node | None:
         """The tensor that the traced-into module ``owner`` received: the first traced tensor from outside its scope
@@ -486,20 +529,39 @@ class _GroupBuilder:
         return src[1]
 
     def permute(self, node: fx.Node) -> _Layout | None:
+        """``permute`` or ``transpose``: the channels move to another dim."""
         src = self.single_input(node)
         dims = node.args[1:] if node.op == "call_method" else node.args[1:2]
         dims = tuple(dims[0]) if len(dims) == 1 and isinstance(dims[0], (tuple, list)) else tuple(dims)
         in_shape = _shape(src[0]) if src else None
+        if node.target in ("transpose", torch.transpose) and in_shape is not None:
+            dims = tuple(node.args[1:3]) if len(node.args) >= 3 else ()
+            if len(dims) == 2 and all(isinstance(d, int) for d in dims):
+                order = list(range(len(in_shape)))
+                a, b = (d % len(in_shape) for d in dims)
+                order[a], order[b] = order[b], order[a]
+                dims = tuple(order)
         if src is None or in_shape is None or not all(isinstance(d, int) for d in dims) or len(dims) != len(in_shape):
             return self.unknown(node)
         self.cdim[node] = [d % len(in_shape) for d in dims].index(self.dim_of(src[0]))
         return src[1]
 
-    def stored_view(self, node: fx.Node) -> None:
-        """A view of a stored per-channel vector (``gamma.reshape(1, -1, 1, 1)``) is still one."""
-        shape = _shape(node)
-        if node.args and node.args[0] in self.stored and shape is not None and sum(s > 1 for s in shape) == 1:
-            self.stored[node] = self.stored[node.args[0]]  # type: ignore[index]
+    def stored_view(self, node: fx.Node) -> _Layout | None:
+        """A view of a stored tensor: still one where the dims that may hold channels stay known (a reshaped
+        per-channel vector, ``gamma.reshape(1, -1, 1, 1)``; a class token expanded over the batch)."""
+        stored, shape, method = self.stored[node.args[0]], _shape(node), str(node.target)  # type: ignore[index]
+        if shape is None:
+            return self.unknown(node)
+        if method in ("to", "type_as"):
+            self.stored[node] = stored
+        elif method in ("expand", "expand_as") and stored.lead is not None:
+            added = len(shape) - len(_shape(node.args[0]))  # type: ignore[arg-type]
+            self.stored[node] = stored._replace(lead=stored.lead + added)
+        elif sum(s > 1 for s in stored.shape) == 1:
+            self.stored[node] = stored._replace(lead=None)
+        else:
+            return self.fresh(node, f"meets the stored tensor '{stored.target}'")
+        return None
 
     def elementwise(self, node: fx.Node) -> _Layout | None:
         out = _shape(node)
@@ -512,7 +574,7 @@ class _GroupBuilder:
             return self.unknown(node)
         dim = dims.pop() if dims else 1
         joined: list[_Layout] = []
-        scales: list[str] = []
+        scales: list[tuple[fx.Node, int]] = []
         for src in node.all_input_nodes:
             shape, layout = _shape(src), self.layout_of(src)
             if shape is None or (layout is None and src not in self.stored):
@@ -521,7 +583,7 @@ class _GroupBuilder:
             if at < 0 or shape[at] == 1:
                 continue  # broadcast along channels: every channel sees the same value
             if src in self.stored and shape[at] == out[dim]:
-                scales.append(self.stored[src])  # a stored per-channel vector, cut with the channels
+                scales.append((src, at))  # a stored tensor along the channels, cut with them
             elif layout is not None and shape[at] == out[dim] and self.dim_of(src) == at:
                 joined.append(layout)
             else:
@@ -529,9 +591,9 @@ class _GroupBuilder:
         if not joined:
             return self.fresh(node, f"is computed by {_op_name(node, self.modules)} from no traced channels")
         layout = self.unify(joined, why)
-        for target in scales:
-            owner, _, stored = target.rpartition(".")
-            self.add_members(layout, owner, Role.SCALE, stored=stored)  # type: ignore[arg-type]
+        for src, at in scales:
+            if not self.add_stored(layout, src, at, out[dim]):
+                return self.unknown(node)
         self.cdim[node] = dim
         return layout
 
@@ -541,22 +603,29 @@ class _GroupBuilder:
         dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
         if out is None or not isinstance(tensors, (list, tuple)) or not isinstance(dim, int):
             return self.unknown(node)
-        layouts = [self.layout_of(t) for t in tensors]
-        channel_dims = {self.dim_of(t) for t in tensors}
-        if any(layout is None for layout in layouts) or len(channel_dims) != 1:
+        traced = [t for t in tensors if self.layout_of(t) is not None]
+        channel_dims = {self.dim_of(t) for t in traced}
+        stored = [t for t in tensors if t not in traced and t in self.stored]
+        if not traced or len(traced) + len(stored) != len(tensors) or len(channel_dims) != 1:
             return self.unknown(node)
         self.cdim[node] = channel_dim = channel_dims.pop()
-        if dim % len(out) != channel_dim:
-            return self.unify(layouts, f"meets another channel layout in {_op_name(node, self.modules)}")  # type: ignore[arg-type]
+        layouts = [self.layout_of(t) for t in traced]
+        if dim % len(out) != channel_dim:  # along tokens or positions: the channels of every piece are the same
+            why = f"meets another channel layout in {_op_name(node, self.modules)}"
+            layout = self.unify(layouts, why)  # type: ignore[arg-type]
+            if not all(self.add_stored(layout, t, channel_dim, out[channel_dim]) for t in stored):
+                return self.unknown(node)
+            return layout
+        if stored:
+            return self.unknown(node)
         return tuple(seg for layout in layouts for seg in layout)  # type: ignore[union-attr]
 
     def owner_attribute(self, node: fx.Node, constant: Any) -> tuple[str, str, Any, int] | None:
         """``(owner, attribute, value, share)`` where the module whose forward runs ``node`` has a size attribute
         (see :func:`torch_rlprune.register_size_attribute`) that holds ``constant`` (``share`` 1), or, registered
         with ``total_of=n``, ``n`` times it (``share`` n: the forward splits by ``self.total // n``)."""
-        stack = node.meta.get("nn_module_stack") or {}
-        owner = next(reversed(stack.values()))[0] if stack else ""  # "": the model's own forward
-        module = self.modules.get(owner) if isinstance(owner, str) else None
+        owner = _owner(node)
+        module = self.modules.get(owner)
         found = channel_ops.size_attribute(module) if module is not None else None
         if found is None:
             return None
@@ -581,9 +650,9 @@ class _GroupBuilder:
                 self.unbound.setdefault((owner, attribute), f"is counted by attribute '{attribute}' of {where}, "
                                         f"which {_op_name(node, self.modules)} also reads")  # fmt: skip
 
-    def bind(self, found: tuple[str, str, Any, int], kind: str, parts: list[_Layout], why: str) -> None:
+    def bind(self, found: tuple[str, str, Any, int], kind: str, parts: list[_Layout], why: str, unit: int = 1) -> None:
         """Let slicing set the attribute ``found`` names to the kept counts of ``parts`` (the pieces it counts; for
-        ``"total"``, the first of its equal ones).
+        ``"total"``, the first of its equal ones), in ``unit`` channels (an attention's head size, for its heads).
 
         Another use of the same attribute must count as many channels: its pieces are joined with the first's.
         """
@@ -602,7 +671,8 @@ class _GroupBuilder:
         for index, part in enumerate(parts):
             part = self.resolve(part)
             for seg, offset in zip(part, _bounds(part)):
-                self.spaces.add(seg.space, len(self.layouts), _Piece(owner, attribute, index, offset, seg.expand))
+                self.spaces.add(seg.space, len(self.layouts),
+                                _Piece(owner, attribute, index, offset // unit, seg.expand // unit))
 
     def split(self, node: fx.Node) -> None:
         """``split``/``chunk``: remember each piece's layout for the ``getitem`` that picks it.
@@ -650,18 +720,22 @@ class _GroupBuilder:
     def getitem(self, node: fx.Node) -> _Layout | None:
         source, index = node.args[0], node.args[1] if len(node.args) > 1 else None
         if source in self.pieces:  # run() has fixed the pieces where the index is not an int: a tuple again
+            if source in self.cdim:
+                self.cdim[node] = self.cdim[source]
             return self.pieces[source][index] if isinstance(index, int) else None
         layout, in_shape, out = self.layout_of(source), _shape(source), _shape(node)
         if layout is None:
             return None if out is None else self.fresh(node, f"is computed by {_op_name(node, self.modules)}")
         index = index if isinstance(index, tuple) else (index,)
-        if out is None or in_shape is None or len(out) != len(in_shape) or index.count(Ellipsis) > 1 or (
-            self.dim_of(source) != 1
-        ):
+        if out is None or in_shape is None or index.count(Ellipsis) > 1 or None in index:
             return self.unknown(node)
         if Ellipsis in index:
             at = index.index(Ellipsis)
             index = index[:at] + (slice(None),) * (len(in_shape) - len(index) + 1) + index[at + 1 :]
+        if self.dim_of(source) != 1:
+            return self.pick(node, index, layout, in_shape, out)
+        if len(out) != len(in_shape):
+            return self.unknown(node)
         if not all(isinstance(i, slice) for i in index) or index[0] != slice(None):
             return self.unknown(node)
         channels = index[1] if len(index) > 1 else slice(None)
@@ -693,6 +767,20 @@ class _GroupBuilder:
         layout = self.resolve(layout)
         return tuple(seg for seg, s in zip(layout, _bounds(layout)) if start <= s < stop)
 
+    def pick(
+        self, node: fx.Node, index: tuple, layout: _Layout, in_shape: torch.Size, out: torch.Size
+    ) -> _Layout | None:
+        """Indexing a tensor whose channels are not along dim 1 (``x[:, 0]`` picks the class token of channels-last
+        tokens): the channels pass whole, other dims may be picked or sliced."""
+        channel_dim = self.dim_of(node.args[0])  # type: ignore[arg-type]
+        index = index + (slice(None),) * (len(in_shape) - len(index))
+        if len(index) != len(in_shape) or not all(isinstance(i, (int, slice)) for i in index) or (
+            index[channel_dim] != slice(None)
+        ) or len(out) != len(in_shape) - sum(isinstance(i, int) for i in index):
+            return self.unknown(node)
+        self.cdim[node] = channel_dim - sum(isinstance(i, int) for i in index[:channel_dim])
+        return layout
+
     def flatten(self, node: fx.Node, start: int, end: int) -> _Layout | None:
         src = self.single_input(node)
         in_shape = _shape(src[0]) if src else None
@@ -716,11 +804,23 @@ class _GroupBuilder:
             return self.unknown(node)
         if self.dim_of(src[0]) != 1:
             return self.unknown(node)
-        if out[:2] == in_shape[:2]:
-            return src[1]
-        if len(out) == 2 and out[0] == in_shape[0] and out[1] == math.prod(in_shape[1:]):
-            return self.flatten(node, 1, -1)
-        return self.unknown(node)
+        keeps_channels = out[:2] == in_shape[:2]
+        if not keeps_channels and not (len(out) == 2 and out[0] == in_shape[0] and out[1] == math.prod(in_shape[1:])):
+            return self.unknown(node)
+        # The size given for dim 1 must follow the channels once they are cut: -1, or a size read at run time
+        # (``x.size(1)``), or a size attribute of the module, which slicing sets; a number in the code stays.
+        sizes = list(node.args[1:]) if str(node.target) != "flatten" else [None, -1]
+        sizes = list(sizes[0]) if len(sizes) == 1 and isinstance(sizes[0], (list, tuple)) else sizes
+        given = sizes[1] if len(sizes) > 1 else None
+        if type(given) is int and given != -1:
+            why = f"is reshaped to a fixed channel count by {_op_name(node, self.modules)}"
+            found = self.owner_attribute(node, given) if keeps_channels else None
+            if found is not None and found[3] == 1:
+                self.bind(found, "width", [src[1]], why)
+            else:
+                self.keep_attribute(node, [given])
+                self.fix(src[1], why)
+        return src[1] if keeps_channels else self.flatten(node, 1, -1)
 
     def reduce(self, node: fx.Node) -> _Layout | None:
         src = self.single_input(node)
@@ -787,6 +887,104 @@ class _GroupBuilder:
         self.cdim[node] = len(in_shape) - 1
         return (_Segment(space, linear.out_features),)
 
+    def attention(self, node: fx.Node, name: str, attention: nn.MultiheadAttention) -> None:
+        """``nn.MultiheadAttention`` over its input's channels (the last dim), as in a transformer's residual
+        stream: it must return as many channels as it reads, so its heads are tied to them by index.
+
+        Head ``h`` reads and writes channels ``h * head_dim ... (h + 1) * head_dim - 1``: pruning those channels
+        prunes that head (its query, key and value rows, the matching ``out_proj`` columns and rows) and leaves the
+        head size, and so the attention's scale, as it was. The output is the pair ``(output, weights)``; the
+        ``getitem`` that picks the output reads it from ``self.pieces``.
+        """
+        inputs = [node.args[i] if len(node.args) > i else node.kwargs.get(key)
+                  for i, key in enumerate(("query", "key", "value"))]  # fmt: skip
+        layouts = [self.layout_of(x) for x in inputs]
+        shapes = [_shape(x) for x in inputs]
+        why = f"passes through attention '{name}', which needs its heads tied to the channels"
+        if any(lay is None or shape is None or self.dim_of(x) != len(shape) - 1
+               for x, lay, shape in zip(inputs, layouts, shapes)) or not attention._qkv_same_embed_dim or (
+            attention.bias_k is not None or attention.add_zero_attn
+        ):  # fmt: skip
+            for layout in layouts:
+                self.fix(layout, why)
+            return None  # the getitem that picks the output gives it a fixed space
+        layout = self.tie_heads(self.unify(layouts, why), attention.head_dim, why)  # type: ignore[arg-type]
+        out_proj = f"{name}.out_proj"
+        self.add_members(layout, name, Role.CONSUMER)
+        for start in range(0, 3 * attention.embed_dim, attention.embed_dim):  # query, key and value rows
+            self.add_members(layout, name, Role.SCALE, stored="in_proj_weight", start=start)
+        self.add_members(layout, out_proj, Role.PRODUCER)
+        self.add_members(layout, out_proj, Role.CONSUMER)
+        self.cdim[node] = len(shapes[0]) - 1  # type: ignore[arg-type]
+        self.pieces[node] = [layout, None]
+        self.calls[name] = (layout, layout)  # called again: reused() keeps it whole
+        return None
+
+    def tie_heads(self, layout: _Layout, head: int, why: str) -> _Layout:
+        """Make every unit of ``layout``'s spaces whole heads of ``head`` channels (channel ``c`` is in head ``c //
+        head``), or fix the layout where a unit would split a head."""
+        aligned = all(
+            start % head == 0 and (seg.channels * seg.expand) % head == 0
+            and (head % seg.expand == 0 or seg.expand % head == 0)
+            for seg, start in zip(layout, _bounds(layout))
+        )  # fmt: skip
+        if not aligned or not all(self.spaces.coarsen(seg.space, max(head // seg.expand, 1)) for seg in layout):
+            self.fix(layout, why)
+        return self.resolve(layout)
+
+    def window_attention(self, node: fx.Node) -> _Layout | None:
+        """torchvision's Swin attention: ``shifted_window_attention(x, qkv.weight, proj.weight, ..., num_heads,
+        ...)``, called by its module with the tensors of the module's ``qkv`` and ``proj`` Linears.
+
+        As for ``nn.MultiheadAttention``, the heads are tied to the channels (the last dim) by index: pruning head
+        ``h`` cuts its query, key and value rows of ``qkv``, its columns of ``proj`` and its entry of every tensor
+        the module holds per head (:func:`torch_rlprune.channel_ops.head_tensors`: the relative position bias);
+        slicing sets the module's ``num_heads``.
+        """
+        owner = _owner(node)
+        module = self.modules.get(owner)
+        x = node.args[0] if node.args else None
+        layout, shape = self.layout_of(x), _shape(x)
+        heads = node.args[5] if len(node.args) > 5 else node.kwargs.get("num_heads")
+        per_head = channel_ops.head_tensors(module) if module is not None else None
+        weights = [a.target if isinstance(a, fx.Node) and a.op == "get_attr" else None for a in node.args[1:3]]
+        why = f"passes through window attention '{owner}', which needs its heads tied to the channels"
+        if (
+            layout is None or shape is None or self.dim_of(x) != len(shape) - 1 or per_head is None
+            or type(heads) is not int or heads != getattr(module, "num_heads", None) or shape[-1] % heads
+            or weights != [f"{owner}.qkv.weight", f"{owner}.proj.weight"]
+        ):  # fmt: skip
+            for _, lay in self.input_layouts(node):
+                self.fix(lay, why)
+            return self.fresh(node, why)
+        channels = shape[-1]
+        head = channels // heads
+        layout = self.tie_heads(layout, head, why)
+        qkv, proj = f"{owner}.qkv", f"{owner}.proj"
+        self.add_members(layout, qkv, Role.CONSUMER)
+        for start in range(0, 3 * channels, channels):  # query, key and value rows
+            self.add_members(layout, qkv, Role.SCALE, stored="weight", start=start)
+        self.add_members(layout, proj, Role.CONSUMER)
+        self.add_members(layout, proj, Role.PRODUCER)
+        if all(seg.expand % head == 0 for seg in layout):  # else tie_heads fixed it: nothing is cut
+            for path, axis in per_head:
+                holder, _, tensor = f"{owner}.{path}".rpartition(".")
+                self.add_members(layout, holder, Role.SCALE, stored=tensor, axis=axis, unit=head)
+            self.bind((owner, "num_heads", heads, 1), "heads", [layout], why, unit=head)
+        self.cdim[node] = len(shape) - 1
+        return layout
+
+    def patch_merge(self, node: fx.Node) -> _Layout | None:
+        """Swin's patch merging: four strided views of the input (channels last) concatenated along the channels."""
+        src = self.single_input(node)
+        in_shape, out = (_shape(src[0]) if src else None), _shape(node)
+        if src is None or in_shape is None or out is None or self.dim_of(src[0]) != len(in_shape) - 1 or (
+            out[-1] != 4 * in_shape[-1]
+        ):
+            return self.unknown(node)
+        self.cdim[node] = len(out) - 1
+        return self.resolve(src[1]) * 4
+
     def channel_norm(self, node: fx.Node, name: str, norm: nn.Module, dim: int) -> _Layout | None:
         """A norm over the channels at ``dim`` (a LayerNorm over them alone, or a module registered as
         ``"channel_norm"``): a norm member whose statistics cover the kept channels only
@@ -818,9 +1016,8 @@ class _GroupBuilder:
     def functional_layer(self, node: fx.Node) -> _Layout | None:
         """``F.batch_norm``, ``F.instance_norm``, ``F.layer_norm`` or ``F.linear`` called by the layer module (a
         subclass of the matching ``torch.nn`` type) whose forward is being traced, with a weight of its shape."""
-        stack = node.meta.get("nn_module_stack") or {}
-        owner = next(reversed(stack.values()))[0] if stack else None
-        module = self.modules.get(owner) if isinstance(owner, str) else None
+        owner = _owner(node)
+        module = self.modules.get(owner)
         if not isinstance(module, _LAYER_FUNCTIONS[node.target]):
             return self.unknown(node)
         if owner in self.calls:
@@ -873,6 +1070,8 @@ class _GroupBuilder:
             out = self.channel_norm(node, name, module, len(_shape(src[0])) - 1)  # type: ignore[arg-type]
         elif kind == "channel_norm" and src is not None:
             out = self.channel_norm(node, name, module, self.dim_of(src[0]))
+        elif isinstance(module, nn.MultiheadAttention):
+            return self.attention(node, name, module)
         elif isinstance(module, nn.Flatten):
             return self.flatten(node, module.start_dim, module.end_dim)
         elif isinstance(module, nn.PReLU) and module.num_parameters == 1 or kind == "passthrough":
@@ -892,9 +1091,13 @@ class _GroupBuilder:
             return self.passthrough(node)
         if kind == "elementwise":
             return self.elementwise(node)
+        if kind == "window_attention":
+            return self.window_attention(node)
+        if kind == "patch_merge":
+            return self.patch_merge(node)
         if target in _CAT_FUNCTIONS:
             return self.cat(node)
-        if target is torch.permute:
+        if target in (torch.permute, torch.transpose):
             return self.permute(node)
         if target in _SPLIT_FUNCTIONS:
             return self.split(node)
@@ -917,7 +1120,7 @@ class _GroupBuilder:
         if node.args and node.args[0] in self.stored and method in _VIEW_METHODS:
             return self.stored_view(node)
         kind = channel_ops.method_kind(method)
-        if method == "permute":
+        if method in ("permute", "transpose"):
             return self.permute(node)
         if kind == "passthrough":
             return self.passthrough(node)
@@ -946,8 +1149,8 @@ class _GroupBuilder:
                 layout = self.fresh(node, "is a network input")
             elif node.op == "get_attr":
                 shape = _shape(node)
-                if shape is not None and sum(s > 1 for s in shape) == 1:
-                    self.stored[node] = str(node.target)
+                if shape is not None and any(s > 1 for s in shape):
+                    self.stored[node] = _Stored(str(node.target), shape)
                     layout = None
                 else:
                     layout = self.fresh(node, f"meets the stored tensor '{node.target}'")
@@ -1122,8 +1325,11 @@ def channel_groups(
     (depthwise and grouped ones pruned in whole groups), along with batch and instance norms (also where a norm
     module's forward calls ``F.batch_norm`` itself, as timm's do), ``Linear`` after ``flatten``, concatenation,
     ``split``/``chunk`` and slices along channels, residual adds and other elementwise ops, channel-preserving
-    activations, pooling, dropout, reductions over spatial dims, and modules called more than once. Anything else
-    is opaque: the channels that reach it are excluded, and :attr:`ChannelGroups.excluded` says why.
+    activations, pooling, dropout, reductions over spatial dims, and modules called more than once; channels last
+    (``permute``, ``transpose``, ``Linear``, ``LayerNorm``), tensors the model stores on its channels (a class
+    token, a position embedding), and attention (``nn.MultiheadAttention``, torchvision's Swin), whose heads are
+    tied to the channels so that they are pruned in whole heads. Anything else is opaque: the channels that reach it
+    are excluded, and :attr:`ChannelGroups.excluded` says why.
 
     The result is remembered for the model: called again with inputs of the same shapes while its modules and
     their channel counts are unchanged (pruning masks do not count), it returns the same groups without tracing.

@@ -31,7 +31,8 @@ from torch.nn.utils import prune
 from . import metrics
 from ._files import atomic_save, read_checked
 from ._inputs import ExampleInputs
-from .slicing import KEPT_ATTR, copy_pruned, cut_along_channels
+from .layers import channel_dims
+from .slicing import KEPT_ATTR, copy_pruned
 
 __all__ = ["Snapshot", "LotteryTicket", "rewind", "reinitialize", "iterative_pruning", "RoundRecord"]
 
@@ -246,14 +247,13 @@ def _source_for(
     """The snapshot's value for ``key``, sliced to the channels the (possibly sliced) model still holds."""
     source = snapshot.state[key]
     module_name, _, tensor_name = key.rpartition(".")
-    model_record = getattr(modules.get(module_name), KEPT_ATTR, None) or {}
+    module = modules.get(module_name)
+    model_record = getattr(module, KEPT_ATTR, None) or {}
     snap_record = snapshot.kept.get(module_name, {})
-    if not cut_along_channels(tensor_name, source) or not (model_record or snap_record):
+    if module is None or not (model_record or snap_record):
         return source
-    for dim in (0, 1):
-        if dim == 1 and (tensor_name != "weight" or source.dim() < 2):
-            continue
-        if (dim not in model_record and dim not in snap_record) or source.dim() <= dim or target.dim() <= dim:
+    for dim in channel_dims(module, tensor_name, source):
+        if (dim not in model_record and dim not in snap_record) or target.dim() <= dim:
             continue
         model_side = model_record.get(dim, (target.shape[dim], torch.arange(target.shape[dim])))
         snap_side = snap_record.get(dim, (source.shape[dim], torch.arange(source.shape[dim])))

@@ -21,7 +21,7 @@ from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.utils import prune
 
 from .groups import ChannelGroup, Member, Role
-from .layers import layer_of
+from .layers import channel_dims, children_read, layer_of, weight_and_bias
 
 __all__ = ["effective_weight", "on_kept_channels", "alive_channels", "apply_channel_masks", "masked_tensors",
            "keep_vectors", "KeepVectors"]
@@ -51,13 +51,14 @@ def effective_weight(module: nn.Module, name: str = "weight") -> torch.Tensor:
 
 def masked_tensors(member: Member) -> tuple[str, ...]:
     """Names of the ``member``'s tensors that a channel mask covers (``weight`` and ``bias`` where present; a
-    consumer's ``weight`` only, along its input dim)."""
+    consumer's ``weight`` only, along its input dim; see :func:`torch_rlprune.layers.weight_and_bias`)."""
     if member.role is Role.SCALE:  # what it meets at a pruned channel is zero, and the consumers' columns are masked
         return ()
+    weight, bias = weight_and_bias(member.module)
     if member.role is Role.CONSUMER:
-        return ("weight",)
+        return (weight,)
     return tuple(
-        n for n in ("weight", "bias") if getattr(member.module, n + "_orig", getattr(member.module, n, None)) is not None
+        n for n in (weight, bias) if getattr(member.module, n + "_orig", getattr(member.module, n, None)) is not None
     )
 
 
@@ -80,9 +81,9 @@ def alive_channels(group: ChannelGroup) -> torch.Tensor:
     """
     alive = torch.ones(group.size, dtype=torch.bool)
     for member in group.members:
-        if member.role is Role.CONSUMER:
+        if member.role in (Role.CONSUMER, Role.SCALE):
             continue
-        mask = getattr(member.module, "weight_mask", None)
+        mask = getattr(member.module, weight_and_bias(member.module)[0] + "_mask", None)
         if mask is not None:
             alive &= _rows_alive(mask, member, group.size).cpu()
     return alive
@@ -118,6 +119,22 @@ def apply_channel_masks(groups: Sequence[ChannelGroup], keep: Sequence[torch.Ten
                 getattr(h, "func", None) is _normalize_kept for h in member.module._forward_hooks.values()
             ):
                 member.module.register_forward_hook(functools.partial(_normalize_kept, dim=member.normalizes))
+            if children_read(member.module) and not any(
+                h is _refresh_children for h in member.module._forward_pre_hooks.values()
+            ):
+                member.module.register_forward_pre_hook(_refresh_children)
+
+
+def _refresh_children(module: nn.Module, args: tuple[Any, ...]) -> None:
+    """Forward pre-hook of a masked module whose forward reads its children's tensors without calling them (the
+    ``out_proj`` of ``nn.MultiheadAttention``, see :func:`torch_rlprune.layers.children_read`): their pruning hooks
+    would recompute the masked tensors from ``<name>_orig`` (which an optimizer step changes) at each of their
+    calls, which never come."""
+    for name in children_read(module):
+        child = module.get_submodule(name)
+        for hook in child._forward_pre_hooks.values():
+            if isinstance(hook, prune.BasePruningMethod):
+                hook(child, args)
 
 
 def _normalize_kept(module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor, dim: int) -> Any:
@@ -161,15 +178,12 @@ def on_kept_channels(
         >>> on_kept_channels(norm, x, norm(x), torch.tensor([True, False, True, True]), 1)  # normalises 1, 0, 3
         tensor([[-0.2673,  0.0000, -1.0690,  1.3363]])
     """
-    from .slicing import cut_along_channels  # slicing builds on this module
-
     rows = kept.nonzero().reshape(-1).to(x.device)
     twin = copy.copy(module)  # shares every attribute but the tensors, replaced below
     twin.__dict__.update(_parameters={}, _buffers={})
     for name in {n.removesuffix("_orig").removesuffix("_mask") for n in (*module._parameters, *module._buffers)}:
         tensor = effective_weight(module, name)  # None for a LayerNorm without bias
-        cut = tensor is not None and cut_along_channels(name, tensor)
-        twin.__dict__[name] = tensor.index_select(0, rows) if cut else tensor
+        twin.__dict__[name] = tensor.index_select(0, rows) if 0 in channel_dims(module, name, tensor) else tensor
     layer = layer_of(twin)
     if layer is not None:
         layer.follow(twin, False)  # a LayerNorm's normalized_shape
@@ -178,7 +192,7 @@ def on_kept_channels(
 
 
 def _dim_size(member: Member) -> int:
-    module, name = member.module, member.stored or "weight"
+    module, name = member.module, member.stored or weight_and_bias(member.module)[0]
     tensor = getattr(module, name + "_orig", getattr(module, name, None))
     if tensor is None and isinstance(module, _NormBase):  # a norm without affine parameters still has channels
         return int(module.num_features)

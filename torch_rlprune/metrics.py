@@ -15,7 +15,9 @@ Amount semantics:
 * **MACs** (multiply-accumulates) are per example: the count for one forward pass on ``example_inputs``, divided
   by its batch size (the first dimension of its first tensor). Only convolutions, ``Linear`` layers and
   batch/instance/group/layer norms are counted: a convolution or ``Linear`` costs one MAC per weight entry and
-  output position, a norm one per output element. Biases, activations, pooling and elementwise ops are free.
+  output position, a norm one per output element, an attention (``MultiheadAttention``, Swin's window attention)
+  one per entry of its input and output projections and token (not the products of queries, keys and values).
+  Biases, activations, pooling and elementwise ops are free.
 * **params** are all parameters of the model, each tensor once even when shared between modules.
 """
 
@@ -31,9 +33,8 @@ from torch import nn
 from ._inputs import ExampleInputs, as_input_tuple
 from ._state import preserved_state
 from .groups import CONV_TYPES, ChannelGroup, channel_groups, check_groups_of
-from .layers import LAYER_TYPES, layer_of
+from .layers import LAYER_TYPES, channel_dims, children_read, layer_of, weight_and_bias
 from .masks import KeepVectors, keep_vectors
-from .slicing import cut_along_channels
 
 __all__ = ["LayerStats", "ModelStats", "KeepSetCounter", "model_stats", "count_params", "count_macs",
            "filters_per_layer"]
@@ -229,7 +230,8 @@ def _keep_vectors(model: nn.Module, groups: Sequence[ChannelGroup], caller: str)
 def _kept_entries(module: nn.Module, shape: torch.Size, keep: KeepVectors) -> int:
     """Entries of a tensor of ``shape`` owned by ``module`` that survive removal along every kept dim."""
     return math.prod(
-        int(keep[module, dim].sum()) if (module, dim) in keep else size for dim, size in enumerate(shape)
+        int(keep[module, dim].sum()) if (module, dim) in keep and keep[module, dim].numel() == size else size
+        for dim, size in enumerate(shape)
     )
 
 
@@ -248,10 +250,18 @@ def _output_positions(model: nn.Module, inputs: tuple[torch.Tensor, ...], caller
     positions: dict[nn.Module, int] = {}
 
     def record(module: nn.Module, args: object, output: object) -> None:
-        if isinstance(output, torch.Tensor):
+        output = output[0] if isinstance(output, tuple) and output else output  # attention: (output, weights)
+        if not isinstance(output, torch.Tensor):
+            return
+        if isinstance(module, LAYER_TYPES):
             positions[module] = positions.get(module, 0) + output.numel() // _output_width(module)
+        for name in children_read(module):  # applied by module's forward, once per token of its output
+            child = module.get_submodule(name)
+            positions[child] = positions.get(child, 0) + output.numel() // output.shape[-1]
 
-    handles = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, LAYER_TYPES)]
+    handles = [
+        m.register_forward_hook(record) for m in model.modules() if isinstance(m, LAYER_TYPES) or children_read(m)
+    ]
     try:
         with preserved_state(model, "eval"), torch.no_grad():
             model(*inputs)
@@ -292,15 +302,14 @@ def _layer_stats(
             continue
         n_params = sum(p.numel() for _, p in params)
         n_kept = sum(
-            _kept_entries(module, p.shape, keep) if counted and base in ("weight", "bias") or cut_along_channels(base, p)
-            else p.numel()
+            _kept_entries(module, p.shape, keep) if channel_dims(module, base, p) else p.numel()
             for base, p in params
         )  # fmt: skip
         filters = filters_kept = None
         macs = macs_kept = 0
         if counted:
-            if isinstance(module, (*CONV_TYPES, nn.Linear)):
-                weight = _tensor(module, "weight")
+            if isinstance(module, (*CONV_TYPES, nn.Linear, nn.MultiheadAttention)):
+                weight = _tensor(module, weight_and_bias(module)[0])
                 per_position, per_position_kept = weight.numel(), _kept_entries(module, weight.shape, keep)
             else:
                 per_position = _output_width(module)

@@ -20,8 +20,8 @@ from torch.utils._pytree import tree_flatten
 
 from ._inputs import ExampleInputs, as_input_tuple
 from ._state import preserved_state, pruning_hooks, pruning_methods
-from .groups import ChannelGroup, ChannelGroups, Member, Role, channel_groups, size_attributes_of
-from .layers import layer_of
+from .groups import CONV_TYPES, ChannelGroup, ChannelGroups, Member, Role, channel_groups, size_attributes_of
+from .layers import channel_dims, layer_of, weight_and_bias
 from .masks import KeepVectors, keep_vectors, masked_tensors
 
 __all__ = ["slim", "check_consistent", "sliced_tensors", "copy_pruned"]
@@ -80,7 +80,8 @@ def check_consistent(groups: Sequence[ChannelGroup]) -> list[torch.Tensor]:
         everything = torch.arange(group.size)
         alive = torch.ones(group.size, dtype=torch.bool)
         for member in group.filters:
-            rows = _rows_alive(member.module, "weight", member.indices(everything), group.size, seen)
+            weight = weight_and_bias(member.module)[0]
+            rows = _rows_alive(member.module, weight, member.indices(everything), group.size, seen)
             alive &= True if rows is None else rows
         for member in group.members:
             if member.role is Role.CONSUMER:  # a column mask is sliced with its column: never inexact
@@ -89,7 +90,7 @@ def check_consistent(groups: Sequence[ChannelGroup]) -> list[torch.Tensor]:
                 rows = _rows_alive(member.module, name, member.indices(everything), group.size, seen)
                 if rows is None:
                     rows = torch.ones(group.size, dtype=torch.bool)
-                must_match = name == "weight" and member.role is not Role.NORM
+                must_match = name == weight_and_bias(member.module)[0] and member.role is not Role.NORM
                 wrong = (rows != alive) if must_match else (alive & ~rows)
                 if wrong.any():
                     what = "keeps" if must_match and rows[wrong].all() else "prunes"
@@ -109,30 +110,12 @@ def _slice(tensor: torch.Tensor, dim: int, keep: torch.Tensor) -> torch.Tensor:
     return tensor.index_select(dim, keep.nonzero().reshape(-1).to(tensor.device))
 
 
-#: Per-channel tensors besides ``weight``: cut along their only dimension wherever their module's channels are.
-PER_CHANNEL = ("bias", "running_mean", "running_var")
-#: Every tensor name a channel cut can reach, besides stored per-channel vectors (see :func:`cut_along_channels`).
-CHANNEL_TENSORS = ("weight", *PER_CHANNEL)
-
-
-def cut_along_channels(name: str, tensor: torch.Tensor | None) -> bool:
-    """Whether a channel cut of a member module reaches its tensor ``name`` (``_orig`` and ``_mask`` included).
-
-    ``weight``, ``bias`` and running statistics are cut, and so is any other vector a module stores per channel,
-    shaped ``(C, 1, ...)`` (ConvNeXt's layer scale): only modules a group names are cut, and only along the dims
-    the group indexes.
-    """
-    if tensor is None:
-        return False
-    base = name.removesuffix("_orig").removesuffix("_mask")
-    return base in CHANNEL_TENSORS or tensor.dim() >= 1 and tensor.shape[0] > 1 and all(s == 1 for s in tensor.shape[1:])
-
-
 def sliced_tensors(module: nn.Module, vectors: KeepVectors) -> Iterator[tuple[str, torch.Tensor]]:
     """The parameters and buffers of ``module`` that ``vectors`` cut, each sliced to its surviving entries.
 
     ``weight`` loses rows (dim 0) and, for a consumer, columns (dim 1); ``bias`` and a norm's running statistics
-    lose entries. The ``_orig`` and ``_mask`` tensors of a pruned module are sliced like the tensor they stand for.
+    lose entries (:func:`torch_rlprune.layers.channel_dims` says which dims of which tensors). The ``_orig`` and
+    ``_mask`` tensors of a pruned module are sliced like the tensor they stand for.
 
     Args:
         module (torch.nn.Module): a member of some channel groups.
@@ -152,16 +135,12 @@ def sliced_tensors(module: nn.Module, vectors: KeepVectors) -> Iterator[tuple[st
         >>> {name: tuple(t.shape) for name, t in sliced_tensors(model.features[4], vectors)}
         {'weight': (128, 10, 3, 3)}
     """
-    out, inp = vectors.get((module, 0)), vectors.get((module, 1))
     for name, tensor in (*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)):
-        base = name.removesuffix("_orig").removesuffix("_mask")
-        if not cut_along_channels(name, tensor):
-            continue
         sliced = tensor
-        if out is not None:
-            sliced = _slice(sliced, 0, out)
-        if inp is not None and base == "weight" and sliced.dim() > 1:
-            sliced = _slice(sliced, 1, inp)
+        for dim in channel_dims(module, name, tensor):
+            keep = vectors.get((module, dim))
+            if keep is not None and keep.numel() == sliced.shape[dim]:
+                sliced = _slice(sliced, dim, keep)
         if sliced is not tensor:
             yield name, sliced
 
@@ -214,7 +193,8 @@ def _unmasked_readers(groups: Sequence[ChannelGroup], keeps: Sequence[torch.Tens
         channels = (~kept).nonzero().reshape(-1)
         for member in group.consumers if len(channels) else ():
             module = member.module
-            weight, mask = getattr(module, "weight_orig", module.weight), getattr(module, "weight_mask", None)
+            name = weight_and_bias(module)[0]
+            weight, mask = getattr(module, name + "_orig", getattr(module, name)), getattr(module, name + "_mask", None)
             idx = member.indices(channels).to(weight.device)
             kept_by_mask = None if mask is None else mask.index_select(1, idx)
             if kept_by_mask is not None and not kept_by_mask.any():  # the usual case, and the cheap check
@@ -252,7 +232,7 @@ def _fold_constants(seen: dict[nn.Module, torch.Tensor], readers: list[_Reader],
         if member.module not in seen:  # not called by the forward pass
             continue
         idx = member.indices(channels).to(seen[member.module].device)
-        along = -1 if isinstance(member.module, nn.Linear) else 1  # a Linear reads the last dim
+        along = 1 if isinstance(member.module, CONV_TYPES) else -1  # a Linear or an attention reads the last dim
         values = seen[member.module].index_select(along, idx).movedim(along, 0).reshape(idx.numel(), -1)
         if not values.any():
             continue
@@ -265,6 +245,12 @@ def _fold_constants(seen: dict[nn.Module, torch.Tensor], readers: list[_Reader],
                 "of every coupled conv) with torch_rlprune.global_structured or apply_channel_masks."
             )
         module = target[member.name]
+        if not isinstance(module, (nn.Linear, *CONV_TYPES)):  # an attention: its query, key and value may differ
+            raise ValueError(
+                f"slim: pruned channels of group {group.name!r} feed the constant {constant[0].item():.4g} (and "
+                f"others) into {member.name!r} ({type(module).__name__}), which slim cannot fold a constant into. "
+                "Mask their biases and norms too (torch_rlprune.global_structured and apply_channel_masks do)."
+            )
         padding = getattr(module, "padding", "valid")
         if padding == "same" or not isinstance(padding, str) and any(padding):
             raise ValueError(

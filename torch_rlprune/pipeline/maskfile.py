@@ -10,9 +10,10 @@ from torch.nn.utils import prune
 
 from .._files import atomic_save, read_checked
 from ..groups import channel_groups
+from ..layers import channel_dims
 from ..masks import alive_channels, apply_channel_masks
 from ..serialization import group_records, match_records
-from ..slicing import KEPT_ATTR, cut_along_channels
+from ..slicing import KEPT_ATTR
 from .config import PathLike
 
 MASK_FORMAT = "torch-rlprune/mask"
@@ -90,8 +91,7 @@ def unslice(sliced: nn.Module, masked: nn.Module) -> nn.Module:
                 target = getattr(target_module, tensor_name + "_orig", None)
                 if target is None:
                     target = getattr(target_module, tensor_name)
-                per_channel = cut_along_channels(tensor_name, value)
-                dims = [d for d in (0, 1) if per_channel and d in record and (d == 0 or tensor_name == "weight")]
+                dims = [d for d in channel_dims(small, tensor_name, value) if d in record]
                 for dim in dims:
                     if target.dim() <= dim or record[dim][0] != target.shape[dim]:
                         raise ValueError(
@@ -99,20 +99,17 @@ def unslice(sliced: nn.Module, masked: nn.Module) -> nn.Module:
                             f"but the masked model's has shape {tuple(target.shape)}; pass the masked model it was "
                             "sliced from."
                         )
-                rows = record[0][1].to(target.device) if 0 in dims else None
-                cols = record[1][1].to(target.device) if 1 in dims else None
-                if cols is not None:
-                    part = target.index_select(0, rows) if rows is not None else target.clone()
-                    part.index_copy_(1, cols, value)
-                else:
-                    part = value
-                if rows is not None:
-                    target.index_copy_(0, rows, part)
-                elif part.shape != target.shape:
+                if not dims and value.shape != target.shape:
                     raise ValueError(f"unslice: {name}.{tensor_name} has shape {tuple(value.shape)} but the masked "
                                      f"model's has {tuple(target.shape)}; pass the masked model it was sliced from.")
-                else:
-                    target.copy_(part)
+                # Every dim indexed, each index shaped to broadcast along its own dim: the sliced block's places.
+                index = tuple(
+                    (record[d][1] if d in dims else torch.arange(size)).to(target.device).view(
+                        [-1 if i == d else 1 for i in range(target.dim())]
+                    )
+                    for d, size in enumerate(target.shape)
+                )
+                target[index] = value.to(target.dtype)
     for module in masked.modules():  # the pruning hooks recompute ``weight`` only at the next forward
         for hook in list(module._forward_pre_hooks.values()):
             if isinstance(hook, prune.BasePruningMethod):

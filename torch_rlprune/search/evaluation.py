@@ -46,8 +46,9 @@ from ..metrics import ModelStats
 from .._inputs import ExampleInputs, as_input_tuple, device_of
 from .._state import preserved_state, pruning_hooks
 from ..groups import ChannelGroup, groups_kept, size_attributes_of
+from ..layers import channel_dims, layer_of
 from ..masks import KeepVectors, keep_vectors, on_kept_channels
-from ..slicing import cut_along_channels, sliced_tensors
+from ..slicing import sliced_tensors
 
 __all__ = ["CandidateEvaluator", "CandidateModel", "zeroed_tensors", "MODES", "PAD_STEPS"]
 
@@ -202,15 +203,14 @@ class CandidateModel(nn.Module):
         runs extra channels (``pad=True``), or those entries dropped (``pad=False``)."""
         owner, _, attribute = name.rpartition(".")
         module = self.model.get_submodule(owner)
-        base = attribute.removesuffix("_orig").removesuffix("_mask")
-        for dim in (0, 1) if base == "weight" else (0,):
+        for dim in channel_dims(module, attribute, tensor):
             kept = self._kept_in_run.get((module, dim))
-            if kept is None or kept.all() or tensor.dim() <= dim:
+            if kept is None or kept.all():
                 continue
             rows = kept.nonzero().reshape(-1).to(tensor.device)
-            if not pad:
+            if not pad and tensor.shape[dim] == kept.numel():
                 tensor = tensor.index_select(dim, rows)
-            elif tensor.shape[dim] == rows.numel():
+            elif pad and tensor.shape[dim] == rows.numel():
                 shape = [*tensor.shape[:dim], kept.numel(), *tensor.shape[dim + 1 :]]
                 tensor = tensor.new_zeros(shape).index_copy(dim, rows, tensor)
         return tensor
@@ -269,15 +269,12 @@ def zeroed_tensors(
         >>> weight.shape, int(weight.flatten(2).any(2).any(0).sum())
         (torch.Size([128, 64, 3, 3]), 10)
     """
-    out, inp = vectors.get((module, 0)), vectors.get((module, 1))
     for name, tensor in (*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)):
-        base = name.removesuffix("_orig")
-        if not cut_along_channels(name, tensor):
-            continue
         tensor = tensor if tensors is None else tensors.get(name, tensor)
         scaled = tensor
-        for dim, keep in ((0, out), (1, inp if base == "weight" else None)):
-            if keep is not None and tensor.dim() > dim:
+        for dim in channel_dims(module, name, tensor):
+            keep = vectors.get((module, dim))
+            if keep is not None and keep.numel() == tensor.shape[dim]:
                 shape = [1] * tensor.dim()
                 shape[dim] = -1
                 scaled = scaled * keep.to(device=tensor.device, dtype=tensor.dtype).view(shape)
@@ -342,6 +339,9 @@ class CandidateEvaluator:
         self.norms = norms
         self.names = {m: n for n, m in model.named_modules()}
         self._tied = {m.module for g in self.groups for m in g.tied}
+        # layers whose forward reads counts besides their tensors' shapes (an attention's heads)
+        self._counted = {m.module: layer_of(m.module) for g in self.groups for m in g.members
+                         if getattr(layer_of(m.module), "counts", None) is not None}  # fmt: skip
         self._sizes = size_attributes_of(groups, model, "CandidateEvaluator")
         #: norms over the channels, and the dim of their input that holds them
         self._normalizing = {m.module: m.normalizes for g in self.groups for m in g.norms if m.normalizes is not None}
@@ -419,10 +419,10 @@ class CandidateEvaluator:
 
     @contextlib.contextmanager
     def patched(self, vectors: KeepVectors, keep: Sequence[torch.Tensor] = ()) -> Iterator[None]:
-        """Set the ``groups`` of tied depthwise convs, the ``normalized_shape`` of LayerNorms over the channels and
-        the modules' size attributes (split sizes, slice bounds) to the channels ``vectors`` and ``keep`` (one mask
-        per group) keep (``"slice"``), or make norms over the channels compute over the kept ones only
-        (``"mask"``); restore the model on exit.
+        """Set the ``groups`` of tied depthwise convs, the ``normalized_shape`` of LayerNorms over the channels, the
+        heads of attentions and the modules' size attributes (split sizes, slice bounds) to the channels ``vectors``
+        and ``keep`` (one mask per group) keep (``"slice"``), or make norms over the channels compute over the kept
+        ones only (``"mask"``); restore the model on exit.
 
         Also restores the tensors that pruning hooks recompute: inside the call a hook sets ``<name>`` to the
         candidate's sliced tensor, which must not outlive the call.
@@ -447,6 +447,10 @@ class CandidateEvaluator:
             for conv in self._tied if self.mode == "slice" else ():
                 if (conv, 0) in vectors:
                     put(conv, "groups", groups_kept(conv, int(vectors[conv, 0].sum())))
+            for module, layer in self._counted.items() if self.mode == "slice" else ():
+                if (module, 1) in vectors:
+                    for attribute, value in layer.counts(module, int(vectors[module, 1].sum())).items():
+                        put(module, attribute, value)
             by_group = {id(g): k for g, k in zip(self.groups, keep)}
             for size in self._sizes if self.mode == "slice" and by_group else ():
                 put(size.module, size.attribute, size.value(by_group))
