@@ -33,6 +33,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
 from torchvision.ops import stochastic_depth
 
+from ._types import by_type, qualified_name
+
 __all__ = ["KINDS", "register_channel_op", "module_kind", "function_kind", "method_kind", "taken_whole", "generation",
            "register_size_attribute", "size_attribute", "head_tensors"]
 
@@ -189,11 +191,7 @@ def generation() -> int:
 
 def module_kind(module: nn.Module) -> str | None:
     """The kind of ``module`` (by its type or the nearest registered or known base class), or ``None``."""
-    for cls in type(module).__mro__:
-        kind = _MODULES.get(cls) or _KNOWN_BY_NAME.get(f"{cls.__module__}.{cls.__qualname__}")
-        if kind is not None:
-            return kind
-    return None
+    return by_type(module, _MODULES, _KNOWN_BY_NAME)
 
 
 def taken_whole(module: nn.Module) -> bool:
@@ -201,7 +199,7 @@ def taken_whole(module: nn.Module) -> bool:
     registered by a user or is one of the other packages' types this table knows (torch.nn's own are taken
     whole anyway)."""
     return isinstance(module, tuple(_REGISTERED)) or any(
-        f"{cls.__module__}.{cls.__qualname__}" in _KNOWN_BY_NAME for cls in type(module).__mro__
+        qualified_name(cls) in _KNOWN_BY_NAME for cls in type(module).__mro__
     )
 
 
@@ -275,11 +273,7 @@ def register_size_attribute(module_type: type, attribute: str, total_of: int | N
 def size_attribute(module: nn.Module) -> tuple[str, int | None] | None:
     """``(attribute, total_of)`` for the attribute holding the channel counts ``module`` splits or slices by (see
     :func:`register_size_attribute`), or ``None``."""
-    for cls in type(module).__mro__:
-        found = _SIZES.get(cls) or _SIZES_BY_NAME.get(f"{cls.__module__}.{cls.__qualname__}")
-        if found is not None:
-            return found
-    return None
+    return by_type(module, _SIZES, _SIZES_BY_NAME)
 
 
 def function_kind(function: object) -> str | None:
@@ -294,13 +288,21 @@ def function_kind(function: object) -> str | None:
 
 
 def head_tensors(module: nn.Module) -> tuple[tuple[str, int], ...] | None:
-    """For a window attention module (torchvision's Swin), its tensors that hold one entry per head, as ``(path,
-    dim)``; ``None`` for any other module."""
-    for cls in type(module).__mro__:
-        found = _WINDOW_ATTENTION_BY_NAME.get(f"{cls.__module__}.{cls.__qualname__}")
-        if found is not None:
-            return found
-    return None
+    """For a window attention module (torchvision's Swin), its tensors that hold one entry per head.
+
+    Args:
+        module (torch.nn.Module): any module.
+
+    Returns:
+        ``(path, dim)`` per tensor (its path from ``module``, the dim that holds the heads), or ``None`` for a module
+        that is no window attention.
+
+    Example:
+        >>> from torchvision.models.swin_transformer import ShiftedWindowAttention
+        >>> head_tensors(ShiftedWindowAttention(32, [2, 2], [0, 0], num_heads=2)), head_tensors(nn.ReLU())
+        ((('relative_position_bias_table', 1),), None)
+    """
+    return by_type(module, _WINDOW_ATTENTION_BY_NAME)
 
 
 def method_kind(name: str) -> str | None:

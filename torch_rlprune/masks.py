@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.utils import prune
 
+from ._state import pruning_methods
 from .groups import ChannelGroup, Member, Role
 from .layers import channel_dims, children_read, layer_of, weight_and_bias
 
@@ -131,10 +132,8 @@ def _refresh_children(module: nn.Module, args: tuple[Any, ...]) -> None:
     would recompute the masked tensors from ``<name>_orig`` (which an optimizer step changes) at each of their
     calls, which never come."""
     for name in children_read(module):
-        child = module.get_submodule(name)
-        for hook in child._forward_pre_hooks.values():
-            if isinstance(hook, prune.BasePruningMethod):
-                hook(child, args)
+        for child, hook in pruning_methods(module.get_submodule(name)):
+            hook(child, args)
 
 
 def _normalize_kept(module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor, dim: int) -> Any:
