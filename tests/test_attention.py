@@ -117,6 +117,77 @@ def test_a_sliced_vit_rewinds_and_unslices():
         assert torch.allclose(back(x), small(x), atol=1e-5)
 
 
+def test_a_vit_whose_image_size_equals_its_width_is_pruned():
+    # ViT checks ``h == self.image_size``; that the value is also ``hidden_dim`` must not pin the stream.
+    torch.manual_seed(0)
+    model = VisionTransformer(image_size=HIDDEN, patch_size=8, num_layers=1, num_heads=HEADS, hidden_dim=HIDDEN,
+                              mlp_dim=64, num_classes=10).eval()  # fmt: skip
+    groups = rlp.channel_groups(model, torch.randn(1, 3, HIDDEN, HIDDEN))
+    assert not groups.excluded
+    assert groups[0].size == HEADS
+
+
+class Tokens(nn.Module):
+    """Patch embedding, one attention over its tokens, a head: ``attention(t, t, t, **call)``."""
+
+    def __init__(self, returns_weights=False, **call):
+        super().__init__()
+        self.embed = nn.Conv2d(3, 8, 2, stride=2)
+        self.attention = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.head = nn.Linear(8, 2)
+        self.returns_weights, self.call = returns_weights, call
+
+    def forward(self, x):
+        t = self.embed(x).flatten(2).transpose(1, 2)
+        call = {k: v.repeat(x.shape[0], 1, 1) if k == "attn_mask" and v.dim() == 3 else v for k, v in self.call.items()}
+        out, weights = self.attention(t, t, t, **call)
+        logits = self.head((t + out).mean(1))
+        return (logits, weights) if self.returns_weights else logits
+
+
+@pytest.mark.parametrize("call, returns_weights, why", [
+    ({}, True, "attention weights the model uses"),
+    ({"average_attn_weights": False}, True, "attention weights the model uses"),
+    ({"need_weights": False, "attn_mask": torch.randn(2, 4, 4)}, False, "a mask per head"),
+])  # fmt: skip
+def test_attention_weights_used_or_a_mask_per_head_keep_the_heads(call, returns_weights, why):
+    # Both hold one map per head: cutting a head would change what the model returns or what the mask matches.
+    model, x = Tokens(returns_weights, **call).eval(), torch.randn(2, 3, 4, 4)
+    assert why in rlp.channel_groups(model, x).excluded["embed"]
+
+
+def test_attention_weights_left_unused_and_a_mask_shared_by_the_heads_let_heads_go():
+    torch.manual_seed(0)
+    model, x = Tokens(attn_mask=torch.randn(4, 4)).eval(), torch.randn(2, 3, 4, 4)  # weights computed, unused
+    groups = rlp.channel_groups(model, x)
+    assert not groups.excluded and [g.size for g in groups] == [2]
+    apply_channel_masks(groups, [torch.tensor([False, True])])
+    with torch.no_grad():
+        expected = model(x)
+    small = rlp.slim(model, x)
+    assert small.attention.num_heads == 1
+    with torch.no_grad():
+        assert torch.allclose(small(x), expected, atol=1e-6)
+
+
+def test_attention_macs_count_each_projection_over_the_tokens_it_reads():
+    class Cross(nn.Module):
+        def __init__(self, kdim):
+            super().__init__()
+            self.attention = nn.MultiheadAttention(8, 2, kdim=kdim, vdim=kdim, batch_first=True)
+
+        def forward(self, query, memory):
+            return self.attention(query, memory, memory, need_weights=False)[0]
+
+    query, memory = torch.randn(2, 1, 8), torch.randn(2, 100, 6)
+    macs = {layer.name: layer.macs for layer in rlp.metrics.model_stats(Cross(6), (query, memory)).layers}
+    assert macs["attention"] == 1 * 8 * 8 + 2 * 100 * 8 * 6  # query over 1 token, key and value over 100
+    assert macs["attention.out_proj"] == 1 * 8 * 8
+    memory = torch.randn(2, 100, 8)  # the same width: one in_proj_weight
+    macs = {layer.name: layer.macs for layer in rlp.metrics.model_stats(Cross(8), (query, memory)).layers}
+    assert macs["attention"] == 1 * 8 * 8 + 2 * 100 * 8 * 8
+
+
 def test_attentions_that_cannot_follow_the_channels_keep_them():
     class Block(nn.Module):
         def __init__(self, shared):
@@ -157,8 +228,13 @@ def test_a_fixed_channel_count_in_a_reshape_keeps_the_channels_unless_registered
             y = self.conv(x).reshape(x.shape[0], self.channels, -1)
             return self.fc(y.mean(2))
 
+    class ByKeyword(Head):
+        def forward(self, x):
+            return self.fc(self.conv(x).reshape(shape=(x.shape[0], 8, -1)).mean(2))
+
     x = torch.randn(2, 3, 4, 4)
     assert "reshaped to a fixed channel count" in rlp.channel_groups(Head(), x).excluded["conv"]
+    assert "reshaped to a fixed channel count" in rlp.channel_groups(ByKeyword(), x).excluded["conv"]
 
     class Registered(Head):
         pass
@@ -239,6 +315,28 @@ def test_a_swin_is_pruned_in_whole_heads_and_sliced_exactly_after_training_maske
         assert torch.allclose(small(x), expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("v2", [False, True])
+def test_a_sliced_swin_rewinds_and_unslices_with_a_stage_down_to_one_head(v2):
+    model, x = small_swin(v2)
+    init = Snapshot.capture(model, "init")
+    groups = rlp.channel_groups(model, x)
+    torch.manual_seed(1)
+    apply_channel_masks(groups, [torch.arange(g.size) == 1 if g.size <= 4 else torch.rand(g.size) < 0.5 for g in groups])
+    small = rlp.slim(model, x)
+    attention, dense = small.features[1][0].attn, model.features[1][0].attn
+    # The position index holds no heads: it keeps every entry.
+    assert torch.equal(attention.relative_position_index, dense.relative_position_index)
+    rlp.rewind(small, init)
+    if not v2:  # one head kept: the table keeps its column of head 1
+        table = "features.1.0.attn.relative_position_bias_table"
+        assert torch.equal(attention.relative_position_bias_table, init.state[table][:, 1:])
+    with torch.no_grad():
+        expected = small(x)
+    back = unslice(small, model)
+    with torch.no_grad():
+        assert torch.allclose(back(x), expected, atol=1e-5)
+
+
 @pytest.mark.parametrize("mode", ["slice", "mask"])
 def test_search_candidates_of_a_swin_compute_what_the_masked_model_does(mode):
     model, x = small_swin(v2=True)
@@ -255,19 +353,8 @@ def test_search_candidates_of_a_swin_compute_what_the_masked_model_does(mode):
 
 
 def test_slim_refuses_to_fold_what_pruned_channels_feed_an_attention():
-    class Tokens(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.embed = nn.Conv2d(3, 8, 2, stride=2)
-            self.attention = nn.MultiheadAttention(8, 2, batch_first=True)
-            self.head = nn.Linear(8, 2)
-
-        def forward(self, x):
-            t = self.embed(x).flatten(2).transpose(1, 2)
-            return self.head(self.attention(t, t, t, need_weights=False)[0].mean(1))
-
     torch.manual_seed(0)
-    model, x = Tokens().eval(), torch.randn(2, 3, 4, 4)
+    model, x = Tokens(need_weights=False).eval(), torch.randn(2, 3, 4, 4)
     assert [g.size for g in rlp.channel_groups(model, x)] == [2]
     # Layer by layer, as prune.ln_structured does: the pruned head's filters keep their biases, a constant.
     kept = torch.arange(8) < 4
@@ -275,3 +362,17 @@ def test_slim_refuses_to_fold_what_pruned_channels_feed_an_attention():
     nn.utils.prune.custom_from_mask(model.attention.out_proj, "weight", kept.view(-1, 1).expand(8, 8))
     with pytest.raises(ValueError, match="feed the constant .* into 'attention' \\(MultiheadAttention\\)"):
         rlp.slim(model, x)
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_slim_refuses_pruned_channels_that_reach_a_child_the_attention_reads_without_calling_it(verify):
+    # Masks made layer by layer: the embedding's filters and biases, and out_proj's rows, but not the pruned head's
+    # query, key and value rows, so that head still writes into out_proj, which slim never sees called.
+    torch.manual_seed(0)
+    model, x = Tokens(need_weights=False).eval(), torch.randn(2, 3, 4, 4)
+    kept = torch.arange(8) < 4
+    nn.utils.prune.custom_from_mask(model.embed, "weight", kept.view(-1, 1, 1, 1).expand_as(model.embed.weight))
+    nn.utils.prune.custom_from_mask(model.embed, "bias", kept)
+    nn.utils.prune.custom_from_mask(model.attention.out_proj, "weight", kept.view(-1, 1).expand(8, 8))
+    with pytest.raises(ValueError, match="'attention.out_proj', whose tensors 'attention' reads without calling it"):
+        rlp.slim(model, x, verify=verify)

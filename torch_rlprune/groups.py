@@ -336,6 +336,9 @@ _LAYER_FUNCTIONS = {
 }  # fmt: skip
 
 
+_COMPARISONS = (operator.eq, operator.ne, operator.lt, operator.le, operator.gt, operator.ge)
+
+
 def _shape(node: Any) -> torch.Size | None:
     meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
     shape = getattr(meta, "shape", None)
@@ -438,7 +441,8 @@ class _GroupBuilder:
         why = why or f"reaches {_op_name(node, self.modules)}, which the channel tracer does not model"
         constants: list[int] = []  # a size attribute read by an op not followed (narrow) must keep its value
         fx.node.map_aggregate((node.args, node.kwargs), lambda a: constants.append(a) if type(a) is int else None)
-        self.keep_attribute(node, constants)
+        if node.target not in _COMPARISONS:  # a check on a size (ViT's ``h == self.image_size``) cuts nothing
+            self.keep_attribute(node, constants)
         for _, layout in self.input_layouts(node):
             self.fix(layout, why)
         return self.fresh(node, why)
@@ -809,7 +813,8 @@ class _GroupBuilder:
             return self.unknown(node)
         # The size given for dim 1 must follow the channels once they are cut: -1, or a size read at run time
         # (``x.size(1)``), or a size attribute of the module, which slicing sets; a number in the code stays.
-        sizes = list(node.args[1:]) if str(node.target) != "flatten" else [None, -1]
+        given_as = node.kwargs.get("shape", node.kwargs.get("size"))
+        sizes = [None, -1] if str(node.target) == "flatten" else list(node.args[1:]) or [given_as]
         sizes = list(sizes[0]) if len(sizes) == 1 and isinstance(sizes[0], (list, tuple)) else sizes
         given = sizes[1] if len(sizes) > 1 else None
         if type(given) is int and given != -1:
@@ -896,14 +901,28 @@ class _GroupBuilder:
         head size, and so the attention's scale, as it was. The output is the pair ``(output, weights)``; the
         ``getitem`` that picks the output reads it from ``self.pieces``.
         """
-        inputs = [node.args[i] if len(node.args) > i else node.kwargs.get(key)
-                  for i, key in enumerate(("query", "key", "value"))]  # fmt: skip
+        def arg(i: int, key: str, default: Any = None) -> Any:
+            return node.args[i] if len(node.args) > i else node.kwargs.get(key, default)
+
+        inputs = [arg(i, key) for i, key in enumerate(("query", "key", "value"))]
         layouts = [self.layout_of(x) for x in inputs]
         shapes = [_shape(x) for x in inputs]
-        why = f"passes through attention '{name}', which needs its heads tied to the channels"
+        # The attention weights, where the model uses them, and a mask per head have one entry per head: cutting
+        # a head would change them. A mask per head is 3-D, (batch * heads, target, source).
+        mask = arg(5, "attn_mask")
+        weights_used = arg(4, "need_weights", True) is not False and any(
+            not (user.target is operator.getitem and (user.args[1] == 0 or not user.users)) for user in node.users
+        )
+        per_head_mask = isinstance(mask, fx.Node) and (_shape(mask) is None or len(_shape(mask)) != 2)
+        why = f"passes through attention '{name}'" + (
+            ", whose attention weights the model uses (one map per head)" if weights_used
+            else ", which is given a mask per head" if per_head_mask
+            else ", which needs its heads tied to the channels"
+        )  # fmt: skip
         if any(lay is None or shape is None or self.dim_of(x) != len(shape) - 1
-               for x, lay, shape in zip(inputs, layouts, shapes)) or not attention._qkv_same_embed_dim or (
-            attention.bias_k is not None or attention.add_zero_attn
+               for x, lay, shape in zip(inputs, layouts, shapes)) or weights_used or per_head_mask or (
+            attention.kdim != attention.embed_dim or attention.vdim != attention.embed_dim
+            or attention.bias_k is not None or attention.add_zero_attn
         ):  # fmt: skip
             for layout in layouts:
                 self.fix(layout, why)

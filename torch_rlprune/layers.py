@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
+from . import channel_ops
+from ._types import by_type
 from .groups import CONV_TYPES, groups_kept
 
 __all__ = ["Layer", "LAYERS", "layer_of", "LAYER_TYPES", "channel_dims", "weight_and_bias", "PER_CHANNEL",
@@ -120,16 +122,18 @@ def children_read(module: nn.Module) -> tuple[str, ...]:
     """The children of ``module`` whose tensors its forward reads without calling them: their pruning hooks, which
     recompute a masked tensor before each call of its own module, must then run before ``module``'s call.
 
+    Args:
+        module (torch.nn.Module): any module.
+
+    Returns:
+        tuple of str: the children's names, empty for most modules.
+
     Example:
         >>> import torch.nn as nn
         >>> children_read(nn.MultiheadAttention(8, 2)), children_read(nn.Conv2d(3, 8, 3))
         (('out_proj',), ())
     """
-    for cls in type(module).__mro__:
-        found = _CHILDREN_READ.get(cls) or _CHILDREN_READ.get(f"{cls.__module__}.{cls.__qualname__}")
-        if found is not None:
-            return found
-    return ()
+    return by_type(module, _CHILDREN_READ) or ()
 
 
 #: Per-channel tensors of a layer besides its weight and bias: cut along their only dimension.
@@ -141,9 +145,10 @@ def channel_dims(module: nn.Module, name: str, tensor: torch.Tensor | None) -> t
 
     A layer's weight is cut along its rows and columns, its bias and running statistics along their only dim, and
     any other vector a module stores per channel, shaped ``(C, 1, ...)`` (ConvNeXt's layer scale), along dim 0. A
-    module that is no layer (a model holding a class token ``(1, 1, C)`` or a position embedding ``(1, N, C)``)
-    may have any dim of its tensors cut: the channel groups say which (the keep vectors' dims) and slicing cuts
-    only those. Only modules a group names are cut.
+    window attention's tensors held per head (:func:`torch_rlprune.channel_ops.head_tensors`) are cut along their
+    head dim, and its other tensors not at all. Any other module that is no layer (a model holding a class token
+    ``(1, 1, C)`` or a position embedding ``(1, N, C)``) may have any dim of its tensors cut: the channel groups
+    say which (the keep vectors' dims) and slicing cuts only those. Only modules a group names are cut.
 
     Args:
         module (torch.nn.Module): the module that owns the tensor.
@@ -162,6 +167,9 @@ def channel_dims(module: nn.Module, name: str, tensor: torch.Tensor | None) -> t
     if tensor is None or tensor.dim() == 0:
         return ()
     base = name.removesuffix("_orig").removesuffix("_mask")
+    per_head = channel_ops.head_tensors(module)
+    if per_head is not None:  # declared, not guessed: its other tensors (Swin's position index) have no channels
+        return tuple(axis for path, axis in per_head if path == base)
     layer = layer_of(module)
     weight, bias = weight_and_bias(module)
     if base == weight:
@@ -173,6 +181,12 @@ def channel_dims(module: nn.Module, name: str, tensor: torch.Tensor | None) -> t
 
 def weight_and_bias(module: nn.Module) -> tuple[str, str]:
     """The names of ``module``'s weight and bias: ``("weight", "bias")`` except where :data:`LAYERS` says otherwise.
+
+    Args:
+        module (torch.nn.Module): any module.
+
+    Returns:
+        tuple of str: the weight's name (its rows are the outputs, its columns read the inputs) and the bias's.
 
     Example:
         >>> import torch.nn as nn

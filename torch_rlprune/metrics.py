@@ -16,7 +16,8 @@ Amount semantics:
   by its batch size (the first dimension of its first tensor). Only convolutions, ``Linear`` layers and
   batch/instance/group/layer norms are counted: a convolution or ``Linear`` costs one MAC per weight entry and
   output position, a norm one per output element, an attention (``MultiheadAttention``, Swin's window attention)
-  one per entry of its input and output projections and token (not the products of queries, keys and values).
+  one per entry of its query, key, value and output projections and token of the sequence each one reads (not
+  the products of queries, keys and values).
   Biases, activations, pooling and elementwise ops are free.
 * **params** are all parameters of the model, each tensor once even when shared between modules.
 """
@@ -26,6 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -245,22 +247,39 @@ def _output_width(module: nn.Module) -> int:
     return layer_of(module).width(module)  # type: ignore[union-attr]
 
 
-def _output_positions(model: nn.Module, inputs: tuple[torch.Tensor, ...], caller: str) -> dict[nn.Module, int]:
-    """Run ``model`` once and count, per MAC-bearing module, the output positions of all its calls."""
-    positions: dict[nn.Module, int] = {}
+#: Per MAC-bearing module, the positions its calls produced: ``(outputs,)`` for a layer, ``(query, key, value)``
+#: tokens for an attention, whose key and value projections run over their own sequences.
+_Positions = dict[nn.Module, tuple[int, ...]]
 
-    def record(module: nn.Module, args: object, output: object) -> None:
+
+def _add(positions: _Positions, module: nn.Module, counts: tuple[int, ...]) -> None:
+    positions[module] = tuple(a + b for a, b in zip(positions.get(module, (0,) * len(counts)), counts))
+
+
+def _tokens(tensor: Any) -> int:
+    return tensor.numel() // tensor.shape[-1] if isinstance(tensor, torch.Tensor) and tensor.dim() else 0
+
+
+def _output_positions(model: nn.Module, inputs: tuple[torch.Tensor, ...], caller: str) -> _Positions:
+    """Run ``model`` once and count, per MAC-bearing module, the positions of all its calls."""
+    positions: _Positions = {}
+
+    def record(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: object) -> None:
         output = output[0] if isinstance(output, tuple) and output else output  # attention: (output, weights)
         if not isinstance(output, torch.Tensor):
             return
-        if isinstance(module, LAYER_TYPES):
-            positions[module] = positions.get(module, 0) + output.numel() // _output_width(module)
+        if isinstance(module, nn.MultiheadAttention):
+            given = [args[i] if len(args) > i else kwargs.get(key) for i, key in enumerate(("query", "key", "value"))]
+            _add(positions, module, tuple(_tokens(x) for x in given))
+        elif isinstance(module, LAYER_TYPES):
+            _add(positions, module, (output.numel() // _output_width(module),))
         for name in children_read(module):  # applied by module's forward, once per token of its output
-            child = module.get_submodule(name)
-            positions[child] = positions.get(child, 0) + output.numel() // output.shape[-1]
+            _add(positions, module.get_submodule(name), (_tokens(output),))
 
     handles = [
-        m.register_forward_hook(record) for m in model.modules() if isinstance(m, LAYER_TYPES) or children_read(m)
+        m.register_forward_hook(record, with_kwargs=True)
+        for m in model.modules()
+        if isinstance(m, LAYER_TYPES) or children_read(m)
     ]
     try:
         with preserved_state(model, "eval"), torch.no_grad():
@@ -291,8 +310,23 @@ def _own_params(model: nn.Module) -> Iterator[tuple[str, nn.Module, list[tuple[s
         yield name, module, params
 
 
+def _attention_macs(attention: nn.MultiheadAttention, keep: KeepVectors, tokens: tuple[int, ...]) -> tuple[int, int]:
+    """MACs of an attention's query, key and value projections over their tokens, dense and kept: the groups cut
+    whole heads (rows of each projection) and the channels read (columns, where key and value read the same
+    width as the query)."""
+    heads_kept = keep.get((attention, 0))
+    read_kept = keep.get((attention, 1))
+    embed = attention.embed_dim
+    macs = kept = 0
+    for i, (n, width) in enumerate(zip(tokens, (embed, attention.kdim, attention.vdim))):
+        rows = embed if heads_kept is None else int(heads_kept[i * embed : (i + 1) * embed].sum())
+        macs += n * embed * width
+        kept += n * rows * (width if read_kept is None else int(read_kept.sum()))
+    return macs, kept
+
+
 def _layer_stats(
-    model: nn.Module, keep: KeepVectors, positions: dict[nn.Module, int] | None, batch_size: int
+    model: nn.Module, keep: KeepVectors, positions: _Positions | None, batch_size: int
 ) -> list[LayerStats]:
     layers = []
     for name, module, params in _own_params(model):
@@ -307,8 +341,11 @@ def _layer_stats(
         )  # fmt: skip
         filters = filters_kept = None
         macs = macs_kept = 0
-        if counted:
-            if isinstance(module, (*CONV_TYPES, nn.Linear, nn.MultiheadAttention)):
+        calls = positions.get(module, (0,)) if positions is not None else (0,)
+        if isinstance(module, nn.MultiheadAttention):
+            macs, macs_kept = (total // batch_size for total in _attention_macs(module, keep, calls))
+        elif counted:
+            if isinstance(module, (*CONV_TYPES, nn.Linear)):
                 weight = _tensor(module, weight_and_bias(module)[0])
                 per_position, per_position_kept = weight.numel(), _kept_entries(module, weight.shape, keep)
             else:
@@ -317,9 +354,8 @@ def _layer_stats(
             if layer.filters:  # type: ignore[union-attr]
                 filters = _output_width(module)
                 filters_kept = int(keep[module, 0].sum()) if (module, 0) in keep else filters
-            calls = positions.get(module, 0) if positions is not None else 0
-            macs = calls * per_position // batch_size
-            macs_kept = calls * per_position_kept // batch_size
+            macs = calls[0] * per_position // batch_size
+            macs_kept = calls[0] * per_position_kept // batch_size
         layers.append(
             LayerStats(
                 name,

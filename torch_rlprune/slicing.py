@@ -21,7 +21,7 @@ from torch.utils._pytree import tree_flatten
 from ._inputs import ExampleInputs, as_input_tuple
 from ._state import preserved_state, pruning_hooks, pruning_methods
 from .groups import CONV_TYPES, ChannelGroup, ChannelGroups, Member, Role, channel_groups, size_attributes_of
-from .layers import channel_dims, layer_of, weight_and_bias
+from .layers import channel_dims, children_read, layer_of, weight_and_bias
 from .masks import KeepVectors, keep_vectors, masked_tensors
 
 __all__ = ["slim", "check_consistent", "sliced_tensors", "copy_pruned"]
@@ -229,8 +229,15 @@ def _fold_constants(seen: dict[nn.Module, torch.Tensor], readers: list[_Reader],
     without padding.
     """
     for group, member, channels in readers:
-        if member.module not in seen:  # not called by the forward pass
-            continue
+        if member.module not in seen:
+            parent, _, child = member.name.rpartition(".")
+            if parent in target and child in children_read(target[parent]):
+                raise ValueError(
+                    f"slim: pruned channels of group {group.name!r} still reach {member.name!r}, whose tensors "
+                    f"{parent!r} reads without calling it, so slim cannot see what they carry there. Mask the "
+                    "group completely, as torch_rlprune.global_structured and apply_channel_masks do."
+                )
+            continue  # not called by the forward pass at all (an auxiliary head in eval mode)
         idx = member.indices(channels).to(seen[member.module].device)
         along = 1 if isinstance(member.module, CONV_TYPES) else -1  # a Linear or an attention reads the last dim
         values = seen[member.module].index_select(along, idx).movedim(along, 0).reshape(idx.numel(), -1)
@@ -403,7 +410,7 @@ def _agree_in_double(
     tensors = [t for t in (*masked.parameters(), *masked.buffers()) if t.is_floating_point()]
     if not tensors or any(t.dtype == torch.float64 for t in tensors):
         return False
-    wide_masked, wide_sliced = copy.deepcopy(masked).double(), copy.deepcopy(sliced).double()
+    wide_masked, wide_sliced = copy_pruned(masked).double(), copy.deepcopy(sliced).double()
     wide = tuple(t.double() if t.is_floating_point() else t for t in inputs)
     with preserved_state(wide_masked, "eval"), preserved_state(wide_sliced, "eval"), torch.no_grad():
         expected, got = _tensors_of(wide_masked(*wide)), _tensors_of(wide_sliced(*wide))
