@@ -339,6 +339,11 @@ _LAYER_FUNCTIONS = {
 _COMPARISONS = (operator.eq, operator.ne, operator.lt, operator.le, operator.gt, operator.ge)
 
 
+def _arg(node: fx.Node, index: int, key: str, default: Any = None) -> Any:
+    """Argument ``index`` of a call, given by position or by keyword ``key``."""
+    return node.args[index] if len(node.args) > index else node.kwargs.get(key, default)
+
+
 def _shape(node: Any) -> torch.Size | None:
     meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
     shape = getattr(meta, "shape", None)
@@ -603,8 +608,8 @@ class _GroupBuilder:
 
     def cat(self, node: fx.Node) -> _Layout | None:
         out = _shape(node)
-        tensors = node.args[0] if node.args else node.kwargs.get("tensors")
-        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        tensors = _arg(node, 0, "tensors")
+        dim = _arg(node, 1, "dim", 0)
         if out is None or not isinstance(tensors, (list, tuple)) or not isinstance(dim, int):
             return self.unknown(node)
         traced = [t for t in tensors if self.layout_of(t) is not None]
@@ -689,8 +694,8 @@ class _GroupBuilder:
         src = self.single_input(node)
         shapes = _piece_shapes(node)
         in_shape = _shape(src[0]) if src else None
-        size = node.args[1] if len(node.args) > 1 else node.kwargs.get("split_size_or_sections")
-        dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
+        size = _arg(node, 1, "split_size_or_sections")
+        dim = _arg(node, 2, "dim", 0)
         if src is None or shapes is None or in_shape is None or not isinstance(dim, int) or not self.at_dim1(node):
             self.unknown(node)
             return None
@@ -831,7 +836,7 @@ class _GroupBuilder:
         src = self.single_input(node)
         out = _shape(node)
         in_shape = _shape(src[0]) if src else None
-        dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        dims = _arg(node, 1, "dim")
         if src is None or out is None or in_shape is None or dims is None or len(out) < 2:
             return self.unknown(node)
         dims = [dims] if isinstance(dims, int) else list(dims)
@@ -901,16 +906,13 @@ class _GroupBuilder:
         head size, and so the attention's scale, as it was. The output is the pair ``(output, weights)``; the
         ``getitem`` that picks the output reads it from ``self.pieces``.
         """
-        def arg(i: int, key: str, default: Any = None) -> Any:
-            return node.args[i] if len(node.args) > i else node.kwargs.get(key, default)
-
-        inputs = [arg(i, key) for i, key in enumerate(("query", "key", "value"))]
+        inputs = [_arg(node, i, key) for i, key in enumerate(("query", "key", "value"))]
         layouts = [self.layout_of(x) for x in inputs]
         shapes = [_shape(x) for x in inputs]
         # The attention weights, where the model uses them, and a mask per head have one entry per head: cutting
         # a head would change them. A mask per head is 3-D, (batch * heads, target, source).
-        mask = arg(5, "attn_mask")
-        weights_used = arg(4, "need_weights", True) is not False and any(
+        mask = _arg(node, 5, "attn_mask")
+        weights_used = _arg(node, 4, "need_weights", True) is not False and any(
             not (user.target is operator.getitem and (user.args[1] == 0 or not user.users)) for user in node.users
         )
         per_head_mask = isinstance(mask, fx.Node) and (_shape(mask) is None or len(_shape(mask)) != 2)
@@ -964,7 +966,7 @@ class _GroupBuilder:
         module = self.modules.get(owner)
         x = node.args[0] if node.args else None
         layout, shape = self.layout_of(x), _shape(x)
-        heads = node.args[5] if len(node.args) > 5 else node.kwargs.get("num_heads")
+        heads = _arg(node, 5, "num_heads")
         per_head = channel_ops.head_tensors(module) if module is not None else None
         weights = [a.target if isinstance(a, fx.Node) and a.op == "get_attr" else None for a in node.args[1:3]]
         why = f"passes through window attention '{owner}', which needs its heads tied to the channels"
@@ -1043,7 +1045,7 @@ class _GroupBuilder:
             return self.reused(node, owner, module)
         in_shape = _shape(node.args[0]) if node.args else None
         if node.target is F.linear:
-            weight = node.args[1] if len(node.args) > 1 else node.kwargs.get("weight")
+            weight = _arg(node, 1, "weight")
             if _shape(weight) != module.weight.shape:  # not the module's weight: slicing could not cut it
                 return self.unknown(node)
             out = self.linear(node, owner, module)
@@ -1127,8 +1129,8 @@ class _GroupBuilder:
         if target in _REDUCE_FUNCTIONS:
             return self.reduce(node)
         if target in _FLATTEN_FUNCTIONS:
-            start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
-            end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
+            start = _arg(node, 1, "start_dim", 0)
+            end = _arg(node, 2, "end_dim", -1)
             return self.flatten(node, start, end)
         if target is getattr and _shape(node) is None:
             return None
